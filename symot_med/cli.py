@@ -1,0 +1,221 @@
+"""Command line: ``symot-med demo-data | prepare | train-ae | train-flow | translate | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from symot_med import __version__
+from symot_med.config import DIRECTIONS, PAIRS, PROFILES, get_pair, get_profile
+
+logger = logging.getLogger("symot_med")
+
+PROFILE_NAMES = sorted({name for name, _ in PROFILES})
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu or cuda (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symot-med",
+        description="Unpaired modality translation of 3D medical images with SyMOT-Flow.",
+    )
+    parser.add_argument("--version", action="version", version=f"symot-med {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("demo-data", help="generate the demo cohort from the MNI ICBM152 template")
+    p.add_argument("out_dir", type=Path, help="empty or new folder for the cohort")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
+    _add_common(p)
+
+    p = commands.add_parser("prepare", help="preprocess a data set into a slice cache")
+    p.add_argument("--data", type=Path, required=True, help="data set folder (BraTS or SynthRAD2023 layout)")
+    p.add_argument("--pair", choices=sorted(PAIRS), required=True, help="modality pair: t1t2 (BraTS) or ctmr (SynthRAD2023)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default="demo", help="preprocessing profile (default: demo)")
+    p.add_argument("--out", type=Path, required=True, help="slice cache folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject-level train/test split (default: 0)")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects held out (default: 0.25)")
+    _add_common(p)
+
+    p = commands.add_parser("train-ae", help="train the VQ-VAE-2 on both modalities of a slice cache")
+    p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumes from its last.pt)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: AETrainConfig.epochs)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per batch")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("train-flow", help="train the SyMOT flow between the two modalities' latents")
+    p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
+    p.add_argument("--autoencoder", type=Path, required=True, help="autoencoder.pt, or the folder from `train-ae`")
+    p.add_argument("--out", type=Path, required=True, help="model folder (resumes from its last.pt)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: FlowTrainConfig.epochs)")
+    p.add_argument("--batch-size", type=int, default=None, help="latents per batch and side")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
+    p.add_argument("--beta", type=float, default=None, help="weight of the transport cost (default: the pair's)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("translate", help="translate NIfTI volumes into the other modality, in their own space")
+    p.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
+    p.add_argument("--model", type=Path, required=True, help="model folder from `train-flow` (holds model.json)")
+    p.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
+    p.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
+    p.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")
+    _add_device(p)
+    _add_common(p)
+
+    p = commands.add_parser("demo", help="run the whole chain on the demo cohort: both pairs, all four directions")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out; reruns resume)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
+    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: AETrainConfig.epochs)")
+    p.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: FlowTrainConfig.epochs)")
+    _add_device(p)
+    _add_common(p)
+    return parser
+
+
+def _override(config, **values):
+    """Return a copy of dataclass ``config`` with the non-None ``values`` replaced."""
+    return type(config)(**{**asdict(config), **{k: v for k, v in values.items() if v is not None}})
+
+
+def _autoencoder_file(path: Path) -> Path:
+    return path / "autoencoder.pt" if path.is_dir() else path
+
+
+def _translate_jobs(inputs: list[Path], pair, direction: str, mask: Path | None) -> list[tuple[Path, Path | None]]:
+    """Resolve files and folders to (image, mask) jobs, checking every file before any work."""
+    from symot_med.data.layouts import LAYOUT_HELP, LayoutError, check_nifti, discover_cases
+
+    modality = pair.input_modality(direction)
+    if mask is not None and len(inputs) != 1:
+        raise ValueError("--mask applies to a single input file; pass one file, or case folders with mask files")
+
+    jobs = []
+    for path in inputs:
+        if path.is_dir():
+            for case in discover_cases(path, [modality]):
+                jobs.append((case.image(modality), case.mask))
+        elif path.is_file():
+            if not path.name.endswith((".nii", ".nii.gz")):
+                raise LayoutError(f"{path} is not a NIfTI file (.nii or .nii.gz); {LAYOUT_HELP}")
+            check_nifti(path)
+            jobs.append((path, mask))
+        else:
+            raise FileNotFoundError(f"input {path} not found")
+    return jobs
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    logger.info("symot-med %s %s", args.command, settings)
+
+    if args.command == "demo-data":
+        from symot_med.data.demo_cohort import generate_demo_cohort
+
+        roots = generate_demo_cohort(args.out_dir, seed=args.seed, n_subjects=args.subjects, progress=progress)
+        for name, root in roots.items():
+            logger.info("%s cohort: %s", name, root)
+
+    elif args.command == "prepare":
+        from symot_med.pipeline.stages import prepare
+
+        pair = get_pair(args.pair)
+        profile = get_profile(args.profile, pair.dataset)
+        prepare(args.data, pair, profile, args.out, args.seed, args.test_fraction, progress)
+
+    elif args.command == "train-ae":
+        from symot_med.models.vqvae2 import VQVAE2Config
+        from symot_med.pipeline.stages import train_ae_stage
+        from symot_med.training.autoencoder import AETrainConfig
+
+        config = _override(AETrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        logger.info("autoencoder settings: %s", asdict(config))
+        train_ae_stage(args.cache, args.out, config, VQVAE2Config(), args.device, progress)
+
+    elif args.command == "train-flow":
+        from symot_med.data.slices import SliceCache
+        from symot_med.pipeline.stages import train_flow_stage
+        from symot_med.training.flow import FlowTrainConfig
+
+        pair = get_pair(SliceCache.open(args.cache).manifest["pair"])
+        beta = args.beta if args.beta is not None else pair.beta
+        config = _override(FlowTrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=beta, seed=args.seed)
+        logger.info("flow settings: %s", asdict(config))
+        train_flow_stage(args.cache, _autoencoder_file(args.autoencoder), args.out, pair, config, args.device, progress)
+
+    elif args.command == "translate":
+        from symot_med.inference.translate import Translator, check_output_folder, read_model_card
+
+        pair = get_pair(read_model_card(args.model)["pair"])
+        jobs = _translate_jobs(args.inputs, pair, args.direction, args.mask)
+        check_output_folder(args.out, [image for image, _ in jobs])
+        translator = Translator(args.model, device=args.device)
+        for image, mask in jobs:
+            translator.translate_file(image, args.direction, args.out, mask_path=mask)
+        logger.info("translated %d volume(s) into %s", len(jobs), args.out)
+
+    elif args.command == "demo":
+        from symot_med.pipeline.demo import DemoSettings, run_demo
+
+        settings = DemoSettings(seed=args.seed, subjects=args.subjects, device=args.device)
+        settings.autoencoder = _override(settings.autoencoder, epochs=args.ae_epochs, seed=args.seed)
+        settings.flow = _override(settings.flow, epochs=args.flow_epochs, seed=args.seed)
+        metrics = run_demo(args.out, settings, progress=progress)
+        _log_demo_summary(metrics, args.out)
+
+    else:
+        raise ValueError(f"unknown command {args.command!r}")
+    return 0
+
+
+def _log_demo_summary(metrics: dict, out_dir: Path) -> None:
+    for name, result in metrics["directions"].items():
+        mean = result["mean"]
+        logger.info(
+            "%-10s SSIM %.3f (identity %.3f)  PSNR %.2f dB (identity %.2f dB)",
+            name,
+            mean["translated"]["ssim"],
+            mean["identity"]["ssim"],
+            mean["translated"]["psnr"],
+            mean["identity"]["psnr"],
+        )
+    logger.info("demo outputs in %s (metrics.json, translations.png, translated/)", out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("symot-med: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"symot-med: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

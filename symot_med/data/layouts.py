@@ -1,0 +1,231 @@
+"""Case discovery for the public BraTS and SynthRAD2023 folder layouts.
+
+Every layout is reduced to one ``Case``: a case id, the folder, and a map from canonical modality
+names to files. Canonical names are ``t1``, ``t1ce``, ``t2``, ``flair`` (BraTS) and ``mr``,
+``ct`` (SynthRAD2023), so BraTS 2023's ``t1n`` and ``t2w`` become ``t1`` and ``t2``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+
+LAYOUT_HELP = (
+    "expected one of: BraTS 2020 (BraTS20_Training_001/BraTS20_Training_001_t1.nii), "
+    "BraTS 2021 (BraTS2021_00000/BraTS2021_00000_t1.nii.gz), "
+    "BraTS 2023 (BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz), "
+    "SynthRAD2023 Task 1 brain (Task1/brain/1BA001/mr.nii.gz, ct.nii.gz, mask.nii.gz)"
+)
+
+
+class LayoutError(ValueError):
+    """A folder or file does not match any supported data set layout."""
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """How one layout names its case folders and files.
+
+    Attributes:
+        name: layout name used in manifests.
+        case_pattern: regular expression a case folder name must match in full.
+        file_names: canonical modality -> file name template; ``{case}`` is the case id.
+        extensions: accepted file endings, tried in order.
+        mask: file name template of the body or brain mask, or None when the layout has none.
+        seg: file name template of the segmentation, or None.
+    """
+
+    name: str
+    case_pattern: str
+    file_names: dict[str, str]
+    extensions: tuple[str, ...]
+    mask: str | None = None
+    seg: str | None = None
+
+
+LAYOUTS: tuple[LayoutSpec, ...] = (
+    LayoutSpec(
+        name="brats2020",
+        case_pattern=r"BraTS20_(Training|Validation)_\d{3}",
+        file_names={m: "{case}_" + m for m in ("t1", "t1ce", "t2", "flair")},
+        extensions=(".nii", ".nii.gz"),
+        seg="{case}_seg",
+    ),
+    LayoutSpec(
+        name="brats2021",
+        case_pattern=r"BraTS2021_\d{5}",
+        file_names={m: "{case}_" + m for m in ("t1", "t1ce", "t2", "flair")},
+        extensions=(".nii.gz", ".nii"),
+        seg="{case}_seg",
+    ),
+    LayoutSpec(
+        name="brats2023",
+        case_pattern=r"BraTS-[A-Z]{2,4}-\d{5}-\d{3}",
+        file_names={"t1": "{case}-t1n", "t1ce": "{case}-t1c", "t2": "{case}-t2w", "flair": "{case}-t2f"},
+        extensions=(".nii.gz", ".nii"),
+        seg="{case}-seg",
+    ),
+    LayoutSpec(
+        name="synthrad2023",
+        case_pattern=r"1B[A-C]\d{3}",
+        file_names={"mr": "mr", "ct": "ct"},
+        extensions=(".nii.gz", ".nii"),
+        mask="mask",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject of a data set.
+
+    Attributes:
+        case_id: the case folder's name.
+        layout: name of the layout it was found in.
+        folder: the case folder.
+        images: canonical modality -> image file, only for files that exist.
+        mask: brain or body mask file, or None (BraTS volumes are skull-stripped: their mask
+            is the non-zero region).
+        seg: segmentation file, or None.
+    """
+
+    case_id: str
+    layout: str
+    folder: Path
+    images: dict[str, Path] = field(default_factory=dict)
+    mask: Path | None = None
+    seg: Path | None = None
+
+    def image(self, modality: str) -> Path:
+        """Return the file of ``modality``, raising LayoutError when the case lacks it."""
+        if modality not in self.images:
+            spec = layout_spec(self.layout)
+            expected = _expected_name(spec, spec.file_names.get(modality, modality), self.case_id)
+            raise LayoutError(
+                f"missing {modality} image for case {self.case_id}: expected {self.folder / expected} "
+                f"({self.layout} layout)"
+            )
+        return self.images[modality]
+
+
+def layout_spec(name: str) -> LayoutSpec:
+    for spec in LAYOUTS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown layout {name!r}: expected one of {[s.name for s in LAYOUTS]}")
+
+
+def match_layout(folder_name: str) -> LayoutSpec | None:
+    """Return the layout whose case-folder pattern matches ``folder_name``, or None."""
+    for spec in LAYOUTS:
+        if re.fullmatch(spec.case_pattern, folder_name):
+            return spec
+    return None
+
+
+def _expected_name(spec: LayoutSpec, template: str, case_id: str) -> str:
+    return template.format(case=case_id) + spec.extensions[0]
+
+
+def _find_file(folder: Path, spec: LayoutSpec, template: str | None, case_id: str) -> Path | None:
+    if template is None:
+        return None
+    stem = template.format(case=case_id)
+    for extension in spec.extensions:
+        candidate = folder / (stem + extension)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_case(folder: str | Path) -> Case:
+    """Build a Case from a case folder whose name matches a known layout."""
+    folder = Path(folder)
+    spec = match_layout(folder.name)
+    if spec is None:
+        raise LayoutError(f"folder {folder} is not a case folder of a known layout; {LAYOUT_HELP}")
+
+    images = {}
+    for modality, template in spec.file_names.items():
+        path = _find_file(folder, spec, template, folder.name)
+        if path is not None:
+            images[modality] = path
+
+    return Case(
+        case_id=folder.name,
+        layout=spec.name,
+        folder=folder,
+        images=images,
+        mask=_find_file(folder, spec, spec.mask, folder.name),
+        seg=_find_file(folder, spec, spec.seg, folder.name),
+    )
+
+
+def _case_folders(root: Path) -> list[Path]:
+    """Return the case folders at ``root`` or in the places the layouts put them."""
+    if match_layout(root.name) is not None:
+        return [root]
+
+    candidates = [root, root / "brain", root / "Task1" / "brain"]
+    for candidate in candidates:
+        if not candidate.is_dir():
+            continue
+        folders = sorted(p for p in candidate.iterdir() if p.is_dir() and match_layout(p.name) is not None)
+        if folders:
+            return folders
+    return []
+
+
+def check_nifti(path: Path) -> None:
+    """Raise LayoutError naming ``path`` when it is not a readable 3D NIfTI file."""
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises several types for a bad file
+        raise LayoutError(f"{path} is not a readable NIfTI file ({error}); {LAYOUT_HELP}") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise LayoutError(f"{path} is a {type(image).__name__}, not NIfTI; {LAYOUT_HELP}")
+    if len(image.shape) != 3:
+        raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume")
+
+
+def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, check_files: bool = True) -> list[Case]:
+    """Find every case under ``root``.
+
+    Args:
+        root: a data set folder (holding case folders, or ``Task1/brain`` for SynthRAD2023) or
+            one case folder.
+        modalities: canonical modalities every case must have; a case that lacks one raises.
+        check_files: read each required file's header and raise when it is not NIfTI.
+
+    Returns:
+        Cases sorted by id.
+
+    Raises:
+        LayoutError: ``root`` is missing, holds no case folder of a known layout, mixes
+            layouts, or a case lacks a required modality or holds a file that is not NIfTI.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise LayoutError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise LayoutError(f"{root} is a file; expected a data set folder or a case folder; {LAYOUT_HELP}")
+
+    folders = _case_folders(root)
+    if not folders:
+        raise LayoutError(f"no case folders found in {root}; {LAYOUT_HELP}")
+
+    cases = [read_case(folder) for folder in folders]
+    layouts = sorted({case.layout for case in cases})
+    if len(layouts) > 1:
+        raise LayoutError(f"{root} mixes layouts {layouts}; put each data set in its own folder")
+
+    for case in cases:
+        for modality in modalities or ():
+            path = case.image(modality)
+            if check_files:
+                check_nifti(path)
+    return cases

@@ -1,0 +1,289 @@
+"""MONAI preprocessing of one 3D volume and its exact geometric inverse.
+
+Preprocessing: load (nibabel reader, so the affine is the file's own), channel first, orient to
+RAS, resample to the profile's spacing, build the foreground mask (the mask file, or a threshold
+when there is none), crop to the mask's bounding box, then crop or pad in-plane to the profile's
+slice size, and normalise intensities:
+
+- MR: (v - p_low) / (p_high - p_low) with the 0.5th and 99.5th percentiles inside the mask,
+  clipped to [0, 1], zero outside the mask.
+- CT: clip to [-1024, 3000] HU and scale to [0, 1].
+
+The result records the native grid (shape, affine), the preprocessed grid (shape, affine) and
+the intensity scale, which is all ``to_native`` needs to put a preprocessed-space volume back on
+the input's grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    ResizeWithPadOrCropd,
+    SpatialResample,
+    Spacingd,
+)
+from scipy import ndimage
+
+from symot_med.config import Profile
+from symot_med.data.layouts import LayoutError, check_nifti
+
+logger = logging.getLogger(__name__)
+
+CT_RANGE_HU = (-1024.0, 3000.0)
+MR_PERCENTILES = (0.5, 99.5)
+CT_MODALITIES = frozenset({"ct"})
+CROP_MARGIN_VOXELS = 2
+
+
+def modality_kind(modality: str) -> str:
+    """Return ``ct`` for CT and ``mr`` for every MR sequence."""
+    return "ct" if modality in CT_MODALITIES else "mr"
+
+
+def background_value(modality: str) -> float:
+    """Native-unit value written outside the body: -1000 HU (air) for CT, 0 for MR."""
+    return -1000.0 if modality_kind(modality) == "ct" else 0.0
+
+
+@dataclass
+class IntensityScale:
+    """Linear map between native units and normalised [0, 1] units: v = low + x (high - low)."""
+
+    low: float
+    high: float
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        return np.clip((values - self.low) / (self.high - self.low), 0.0, 1.0).astype(np.float32)
+
+    def denormalise(self, values: np.ndarray) -> np.ndarray:
+        return (self.low + values * (self.high - self.low)).astype(np.float32)
+
+
+def mr_scale(values: np.ndarray) -> IntensityScale:
+    """Robust MR scale from the 0.5th and 99.5th percentiles of in-mask ``values``."""
+    if values.size == 0:
+        raise ValueError("cannot scale an MR volume with an empty mask")
+    low, high = np.percentile(values, MR_PERCENTILES)
+    if high <= low:
+        high = low + 1.0
+    return IntensityScale(float(low), float(high))
+
+
+def intensity_scale(modality: str, values: np.ndarray) -> IntensityScale:
+    """Scale for ``modality``: fixed HU window for CT, in-mask percentiles for MR."""
+    if modality_kind(modality) == "ct":
+        return IntensityScale(*CT_RANGE_HU)
+    return mr_scale(values)
+
+
+def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
+    """Foreground of a volume without a mask file: body above -500 HU for CT; for MR, voxels
+    above 5 % of the 99th percentile of non-zero voxels. Holes are filled slice by slice.
+
+    Args:
+        volume: (H, W, D) array in native units.
+
+    Returns:
+        (H, W, D) boolean mask.
+    """
+    if modality_kind(modality) == "ct":
+        mask = volume > -500.0
+    else:
+        positive = volume[volume > 0]
+        if positive.size == 0:
+            return np.zeros(volume.shape, dtype=bool)
+        mask = volume > 0.05 * np.percentile(positive, 99)
+
+    mask = ndimage.binary_opening(mask, iterations=1)
+    for k in range(mask.shape[2]):
+        mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return mask
+
+
+class ForegroundMaskd(MapTransform):
+    """Add ``mask`` (1, H, W, D) from the mask file when loaded, else from ``threshold_mask``."""
+
+    def __init__(self, modality: str, image_key: str = "image", mask_key: str = "mask") -> None:
+        super().__init__(keys=[image_key])
+        self.modality = modality
+        self.image_key = image_key
+        self.mask_key = mask_key
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        if self.mask_key in d:
+            d[self.mask_key] = (d[self.mask_key] > 0).to(torch.float32)
+            return d
+
+        mask = threshold_mask(image[0].numpy(), self.modality)
+        d[self.mask_key] = MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), meta=image.meta)
+        return d
+
+
+class NormaliseIntensityd(MapTransform):
+    """Scale ``image`` to [0, 1] per modality (see module docstring) and zero it outside ``mask``.
+
+    Stores the scale under ``intensity_low`` and ``intensity_high`` so it can be undone.
+    """
+
+    def __init__(self, modality: str, image_key: str = "image", mask_key: str = "mask") -> None:
+        super().__init__(keys=[image_key])
+        self.modality = modality
+        self.image_key = image_key
+        self.mask_key = mask_key
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        mask = d[self.mask_key][0].numpy() > 0.5
+        values = image[0].numpy()
+
+        scale = intensity_scale(self.modality, values[mask])
+        normalised = scale.normalise(values)
+        normalised[~mask] = 0.0
+
+        d[self.image_key] = MetaTensor(torch.from_numpy(normalised[None]), meta=image.meta)
+        d["intensity_low"] = scale.low
+        d["intensity_high"] = scale.high
+        return d
+
+
+def build_preprocessing(modality: str, profile: Profile, with_mask_file: bool) -> Compose:
+    """MONAI pipeline from file paths {"image", optional "mask"} to RAS, resampled, cropped,
+    normalised tensors (1, H, W, D) with H, W = ``profile.slice_size``."""
+    keys = ["image", "mask"] if with_mask_file else ["image"]
+    all_keys = ["image", "mask"]
+    height, width = profile.slice_size
+
+    return Compose(
+        [
+            LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
+            ForegroundMaskd(modality),
+            Orientationd(keys=all_keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd(keys=all_keys, pixdim=profile.spacing, mode=["bilinear", "nearest"], padding_mode="zeros"),
+            CropForegroundd(keys=all_keys, source_key="mask", margin=CROP_MARGIN_VOXELS, allow_smaller=True),
+            ResizeWithPadOrCropd(keys=all_keys, spatial_size=(height, width, -1)),
+            NormaliseIntensityd(modality),
+        ]
+    )
+
+
+@dataclass
+class GridRecord:
+    """What preprocessing did to one volume, enough to undo it.
+
+    Attributes:
+        modality: canonical modality of the volume.
+        native_shape: (X, Y, Z) shape of the input file.
+        native_affine: 4x4 voxel-to-world (RAS, mm) matrix of the input file.
+        preprocessed_shape: (H, W, D) shape after preprocessing.
+        preprocessed_affine: 4x4 voxel-to-world matrix of the preprocessed grid.
+        intensity_low: native value mapped to 0 by the normalisation.
+        intensity_high: native value mapped to 1 by the normalisation.
+    """
+
+    modality: str
+    native_shape: list[int]
+    native_affine: list[list[float]]
+    preprocessed_shape: list[int]
+    preprocessed_affine: list[list[float]]
+    intensity_low: float
+    intensity_high: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GridRecord":
+        return cls(**d)
+
+
+@dataclass
+class PreprocessedVolume:
+    """A preprocessed volume: ``image`` and ``mask`` are (H, W, D) float32 arrays in RAS order,
+    the image normalised to [0, 1]; ``record`` says how to undo it."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    record: GridRecord
+
+
+def preprocess_volume(
+    image_path: str | Path, modality: str, profile: Profile, mask_path: str | Path | None = None
+) -> PreprocessedVolume:
+    """Run the MONAI preprocessing on one file and return the arrays and the undo record."""
+    image_path = Path(image_path)
+    check_nifti(image_path)
+    data = {"image": str(image_path)}
+    if mask_path is not None:
+        check_nifti(Path(mask_path))
+        data["mask"] = str(mask_path)
+
+    native = nib.load(str(image_path))
+    pipeline = build_preprocessing(modality, profile, with_mask_file=mask_path is not None)
+    try:
+        out = pipeline(data)
+    except LayoutError:
+        raise
+    except Exception as error:  # MONAI wraps errors of its transforms in RuntimeError
+        raise ValueError(f"preprocessing {image_path} failed: {error}") from error
+
+    image = out["image"]
+    record = GridRecord(
+        modality=modality,
+        native_shape=[int(n) for n in native.shape],
+        native_affine=np.asarray(native.affine, dtype=float).tolist(),
+        preprocessed_shape=[int(n) for n in image.shape[1:]],
+        preprocessed_affine=np.asarray(image.affine, dtype=float).tolist(),
+        intensity_low=float(out["intensity_low"]),
+        intensity_high=float(out["intensity_high"]),
+    )
+    return PreprocessedVolume(
+        image=image[0].numpy().astype(np.float32),
+        mask=(out["mask"][0].numpy() > 0.5).astype(np.float32),
+        record=record,
+    )
+
+
+def to_native(volume: np.ndarray, record: GridRecord, fill: float = 0.0, mode: str = "bilinear") -> np.ndarray:
+    """Resample a volume on the preprocessed grid back onto the input file's grid.
+
+    Args:
+        volume: (H, W, D) array on the grid ``record.preprocessed_*`` describes.
+        record: the GridRecord of the input volume.
+        fill: value for native voxels outside the preprocessed field of view.
+        mode: ``bilinear`` for intensities, ``nearest`` for masks.
+
+    Returns:
+        (X, Y, Z) float32 array on the grid of ``record.native_*``.
+    """
+    expected = tuple(record.preprocessed_shape)
+    if tuple(volume.shape) != expected:
+        raise ValueError(f"volume has shape {tuple(volume.shape)}; the record expects {expected}")
+
+    source = MetaTensor(
+        torch.from_numpy(np.asarray(volume, dtype=np.float32) - fill)[None],
+        affine=torch.tensor(record.preprocessed_affine, dtype=torch.float64),
+    )
+    resample = SpatialResample(mode=mode, padding_mode="zeros", align_corners=True, dtype=torch.float64)
+    out = resample(
+        source,
+        dst_affine=torch.tensor(record.native_affine, dtype=torch.float64),
+        spatial_size=record.native_shape,
+    )
+    return (np.asarray(out[0].numpy(), dtype=np.float32) + fill).astype(np.float32)

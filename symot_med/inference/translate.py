@@ -1,0 +1,189 @@
+"""Translate 3D volumes with a trained autoencoder and flow, back into the input's own space.
+
+volume -> MONAI preprocessing -> axial slices (B, 1, H, W) -> VQ-VAE-2 latents -> T or T^-1
+-> decode -> restack (H, W, D) -> de-normalise to the output modality's units -> resample onto
+the input's grid -> NIfTI with the input's shape, affine and header.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from symot_med.config import Direction, Pair, Profile, get_pair
+from symot_med.data.layouts import match_layout
+from symot_med.data.transforms import (
+    CT_RANGE_HU,
+    IntensityScale,
+    background_value,
+    modality_kind,
+    preprocess_volume,
+    to_native,
+)
+from symot_med.device import resolve_device
+from symot_med.io import read_json, save_nifti, write_json
+from symot_med.training.autoencoder import load_autoencoder
+from symot_med.training.flow import load_flow
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.json"
+
+
+def write_model_card(
+    model_dir: str | Path, pair: Pair, profile: Profile, intensity: dict[str, dict], autoencoder: Path, flow: Path
+) -> Path:
+    """Write ``model.json``: everything ``Translator`` needs besides the two checkpoints."""
+    model_dir = Path(model_dir)
+    payload = {
+        "pair": pair.name,
+        "source": pair.source,
+        "target": pair.target,
+        "profile": profile.to_dict(),
+        "intensity": intensity,
+        "autoencoder": str(Path(autoencoder).resolve()),
+        "flow": str(Path(flow).resolve()),
+    }
+    return write_json(model_dir / MODEL_FILE, payload)
+
+
+def output_name(image_path: Path, input_modality: str, output_modality: str) -> str:
+    """File name of a translated volume: ``<case>_<in>_to_<out>.nii.gz``.
+
+    The case is the parent folder's name when it is a case folder of a known layout (so
+    SynthRAD's ``1BA001/mr.nii.gz`` and ``1BA002/mr.nii.gz`` do not collide), else the file stem.
+    """
+    if match_layout(image_path.parent.name) is not None:
+        case = image_path.parent.name
+    else:
+        case = image_path.name.removesuffix(".gz").removesuffix(".nii")
+    return f"{case}_{input_modality}_to_{output_modality}.nii.gz"
+
+
+def check_output_folder(out_dir: Path, inputs: list[Path]) -> None:
+    """Raise ValueError when ``out_dir`` is an input's folder or lies inside one."""
+    resolved = out_dir.resolve()
+    for path in inputs:
+        folder = path.resolve().parent
+        if resolved == folder or folder in resolved.parents:
+            raise ValueError(
+                f"output folder {out_dir} is inside the input folder {folder}; "
+                "choose an output folder outside the input data"
+            )
+
+
+@dataclass
+class TranslatedVolume:
+    """A translated volume on the input's grid: ``array`` (X, Y, Z) in the output modality's
+    native units (HU for CT), with the input image as ``reference``."""
+
+    array: np.ndarray
+    reference: nib.Nifti1Image
+    input_modality: str
+    output_modality: str
+
+
+def read_model_card(model_dir: str | Path) -> dict:
+    """Return the ``model.json`` of ``model_dir``, raising FileNotFoundError naming it when absent."""
+    card_path = Path(model_dir) / MODEL_FILE
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
+    return read_json(card_path)
+
+
+class Translator:
+    """Load a trained model folder (``model.json``, autoencoder and flow) and translate volumes.
+
+    Args:
+        model_dir: folder with ``model.json`` as written by ``write_model_card``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: slices per forward pass.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 32) -> None:
+        card = read_model_card(model_dir)
+
+        self.pair = get_pair(card["pair"])
+        self.profile = Profile(**{**card["profile"], "spacing": tuple(card["profile"]["spacing"]),
+                                  "slice_size": tuple(card["profile"]["slice_size"])})
+        self.intensity = {m: IntensityScale(s["low"], s["high"]) for m, s in card["intensity"].items()}
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.autoencoder = load_autoencoder(card["autoencoder"], device=self.device).eval()
+        self.flow = load_flow(card["flow"], device=self.device).eval()
+
+    @torch.no_grad()
+    def translate_slices(self, slices: np.ndarray, direction: Direction) -> np.ndarray:
+        """Translate normalised slices.
+
+        Args:
+            slices: (B, 1, H, W) float32 in [0, 1].
+            direction: ``forward`` (source to target) or ``inverse`` (target to source).
+
+        Returns:
+            (B, 1, H, W) float32 translated slices, clipped to [0, 1].
+        """
+        reverse = direction == "inverse"
+        outputs = []
+        for start in range(0, len(slices), self.batch_size):
+            x = torch.from_numpy(slices[start : start + self.batch_size]).to(self.device)
+            latents = self.autoencoder.latents(x, quantized=True)
+            mapped = self.flow(latents, rev=reverse)
+            outputs.append(self.autoencoder.decode(*mapped).clamp(0.0, 1.0).cpu().numpy())
+        return np.concatenate(outputs, axis=0) if outputs else np.zeros_like(slices)
+
+    def translate_volume(
+        self, image_path: str | Path, direction: Direction, mask_path: str | Path | None = None
+    ) -> TranslatedVolume:
+        """Translate one volume of the input modality of ``direction``."""
+        image_path = Path(image_path)
+        input_modality = self.pair.input_modality(direction)
+        output_modality = self.pair.output_modality(direction)
+        volume = preprocess_volume(image_path, input_modality, self.profile, mask_path=mask_path)
+
+        # (H, W, D) -> (D, 1, H, W); only slices that touch the mask are translated.
+        slices = np.moveaxis(volume.image, 2, 0)[:, None]
+        touched = np.flatnonzero(volume.mask.reshape(-1, volume.mask.shape[2]).any(axis=0))
+        translated = np.zeros_like(slices)
+        if touched.size:
+            translated[touched] = self.translate_slices(np.ascontiguousarray(slices[touched]), direction)
+        normalised = np.moveaxis(translated[:, 0], 0, 2) * volume.mask
+
+        background = background_value(output_modality)
+        native_units = self.intensity[output_modality].denormalise(normalised)
+        native_units[volume.mask < 0.5] = background
+        array = to_native(native_units, volume.record, fill=background)
+        native_mask = to_native(volume.mask, volume.record, fill=0.0, mode="nearest") > 0.5
+        array[~native_mask] = background
+
+        return TranslatedVolume(
+            array=cast_output(array, output_modality),
+            reference=nib.load(str(image_path)),
+            input_modality=input_modality,
+            output_modality=output_modality,
+        )
+
+    def translate_file(
+        self, image_path: str | Path, direction: Direction, out_dir: str | Path, mask_path: str | Path | None = None
+    ) -> Path:
+        """Translate ``image_path`` and write the result into ``out_dir``; return the file written."""
+        image_path = Path(image_path)
+        out_dir = Path(out_dir)
+        check_output_folder(out_dir, [image_path])
+        result = self.translate_volume(image_path, direction, mask_path)
+        out_path = out_dir / output_name(image_path, result.input_modality, result.output_modality)
+        save_nifti(out_path, result.array, result.reference)
+        logger.info("wrote %s", out_path)
+        return out_path
+
+
+def cast_output(array: np.ndarray, modality: str) -> np.ndarray:
+    """CT becomes int16 HU, rounded and clipped to [-1024, 3000] before the cast; MR stays float32."""
+    if modality_kind(modality) == "ct":
+        return np.clip(np.rint(array), *CT_RANGE_HU).astype(np.int16)
+    return array.astype(np.float32)

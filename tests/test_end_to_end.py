@@ -1,0 +1,198 @@
+"""A tiny demo cohort through prepare, a few training steps and translate, with real components."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from symot_med.cli import main
+from symot_med.config import Profile, get_pair
+from symot_med.data.demo_cohort import generate_demo_cohort
+from symot_med.data.slices import SliceCache
+from symot_med.models.vqvae2 import VQVAE2Config
+from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
+from symot_med.training.autoencoder import AETrainConfig
+from symot_med.training.flow import FlowTrainConfig
+
+TINY_MODEL = VQVAE2Config(channels=16, res_channels=8, n_res_blocks=1, embed_dim=8, n_embed=32)
+TINY_AE = AETrainConfig(epochs=1, batch_size=8)
+TINY_FLOW = FlowTrainConfig(epochs=1, batch_size=8, n_blocks=2, hidden=8, n_res_blocks=1)
+PROFILES = {
+    "t1t2": Profile("test", "brats", (4.0, 4.0, 4.0), (40, 48)),
+    "ctmr": Profile("test", "synthrad", (4.0, 4.0, 4.0), (48, 56)),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Cohort of 3 subjects per data set and a model folder per pair, trained for one epoch."""
+    root = tmp_path_factory.mktemp("e2e")
+    cohort = generate_demo_cohort(root / "cohort", seed=1, n_subjects=3, progress=False)
+
+    models = {}
+    for name in ("t1t2", "ctmr"):
+        pair = get_pair(name)
+        run = root / name
+        cache = prepare(cohort[pair.dataset], pair, PROFILES[name], run / "cache", seed=0, test_fraction=0.34, progress=False)
+        autoencoder = train_ae_stage(cache, run / "autoencoder", TINY_AE, TINY_MODEL, "cpu", progress=False)
+        models[name] = train_flow_stage(cache, autoencoder, run / "flow", pair, TINY_FLOW, "cpu", progress=False)
+    return {"root": root, "cohort": cohort, "models": models}
+
+
+def _test_case_file(trained, pair_name: str, modality: str) -> Path:
+    cache = SliceCache.open(trained["root"] / pair_name / "cache")
+    return cache.source_file(cache.case_ids("test")[0], modality)
+
+
+def test_slice_cache_split_by_subject(trained):
+    cache = SliceCache.open(trained["root"] / "t1t2" / "cache")
+
+    train, test = cache.case_ids("train"), cache.case_ids("test")
+
+    assert len(train) == 2 and len(test) == 1
+    assert not set(train) & set(test)
+    slices = cache.slices("t1", "train")
+    assert slices.shape[1:] == (1, 40, 48)
+    assert slices.min() >= 0.0 and slices.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "pair_name, modality, direction, output_modality",
+    [("t1t2", "t1", "forward", "t2"), ("t1t2", "t2", "inverse", "t1"), ("ctmr", "mr", "inverse", "ct"), ("ctmr", "ct", "forward", "mr")],
+)
+def test_translate_keeps_input_space(trained, tmp_path, pair_name, modality, direction, output_modality):
+    source = _test_case_file(trained, pair_name, modality)
+    before = source.read_bytes()
+
+    code = main(["translate", str(source), "--model", str(trained["models"][pair_name]), "--direction", direction,
+                 "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+
+    assert code == 0
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in written] == [f"{source.parent.name}_{modality}_to_{output_modality}.nii.gz"]
+    reference, output = nib.load(str(source)), nib.load(str(written[0]))
+    assert output.shape == reference.shape
+    np.testing.assert_allclose(output.affine, reference.affine, atol=1e-6)
+    assert nib.aff2axcodes(output.affine) == nib.aff2axcodes(reference.affine)
+    assert source.read_bytes() == before
+
+    itk = sitk.ReadImage(str(written[0]))
+    np.testing.assert_allclose(itk.GetSpacing(), sitk.ReadImage(str(source)).GetSpacing())
+    np.testing.assert_allclose(itk.GetOrigin(), sitk.ReadImage(str(source)).GetOrigin(), atol=1e-4)
+
+
+def test_ct_output_is_int16_hu(trained, tmp_path):
+    source = _test_case_file(trained, "ctmr", "mr")
+
+    main(["translate", str(source), "--model", str(trained["models"]["ctmr"]), "--direction", "inverse",
+          "--out", str(tmp_path), "--device", "cpu", "--quiet"])
+
+    output = nib.load(str(next(tmp_path.glob("*.nii.gz"))))
+    values = np.asarray(output.dataobj)
+    assert values.dtype == np.int16
+    assert values.min() >= -1024 and values.max() <= 3000
+
+
+def test_translate_case_folder_keeps_case_names(trained, tmp_path):
+    data = trained["cohort"]["synthrad"]
+
+    code = main(["translate", str(data), "--model", str(trained["models"]["ctmr"]), "--direction", "forward",
+                 "--out", str(tmp_path), "--device", "cpu", "--quiet"])
+
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1BA001_ct_to_mr.nii.gz", "1BA002_ct_to_mr.nii.gz", "1BA003_ct_to_mr.nii.gz"]
+
+
+def test_flow_round_trip_on_real_latents(trained):
+    from symot_med.training.autoencoder import load_autoencoder
+    from symot_med.training.flow import load_flow
+
+    run = trained["root"] / "t1t2"
+    autoencoder = load_autoencoder(run / "autoencoder" / "autoencoder.pt").eval()
+    flow = load_flow(run / "flow" / "flow.pt").eval()
+    slices = torch.from_numpy(SliceCache.open(run / "cache").slices("t1", "test")[:8])
+
+    with torch.no_grad():
+        latents = autoencoder.latents(slices, quantized=True)
+        restored = flow(flow(latents), rev=True)
+
+    for level, back in zip(latents, restored):
+        assert torch.max(torch.abs(level - back)).item() < 1e-4
+
+
+# Bad input: one line on stderr naming the file and the expected layout, non-zero exit code, no
+# traceback, nothing written next to the input.
+
+
+def _run_cli(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_missing_modality_file(trained, tmp_path, capsys):
+    data = tmp_path / "brats"
+    shutil.copytree(trained["cohort"]["brats"] / "BraTS2021_00000", data / "BraTS2021_00000")
+    (data / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz").unlink()
+    before = sorted(p.name for p in (data / "BraTS2021_00000").iterdir())
+
+    code, err = _run_cli(capsys, ["prepare", "--data", str(data), "--pair", "t1t2", "--out", str(tmp_path / "cache"), "--quiet"])
+
+    _assert_one_line_error(code, err, "BraTS2021_00000_t2.nii.gz", "brats2021 layout")
+    assert sorted(p.name for p in (data / "BraTS2021_00000").iterdir()) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def test_file_that_is_not_nifti(trained, tmp_path, capsys):
+    bad = tmp_path / "inputs" / "scan.nii.gz"
+    bad.parent.mkdir()
+    bad.write_text("this is not an image")
+
+    code, err = _run_cli(capsys, ["translate", str(bad), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, "scan.nii.gz", "expected one of: BraTS 2020")
+    assert sorted(p.name for p in bad.parent.iterdir()) == ["scan.nii.gz"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_in_no_known_layout(trained, tmp_path, capsys):
+    folder = tmp_path / "patients"
+    (folder / "patient_a").mkdir(parents=True)
+
+    code, err = _run_cli(capsys, ["translate", str(folder), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, str(folder), "expected one of: BraTS 2020")
+    assert sorted(p.name for p in folder.iterdir()) == ["patient_a"]
+
+
+def test_output_inside_input_folder_rejected(trained, tmp_path, capsys):
+    case = tmp_path / "BraTS2021_00000"
+    shutil.copytree(trained["cohort"]["brats"] / "BraTS2021_00000", case)
+    before = sorted(p.name for p in case.iterdir())
+
+    code, err = _run_cli(capsys, ["translate", str(case / "BraTS2021_00000_t1.nii.gz"), "--model",
+                                  str(trained["models"]["t1t2"]), "--direction", "forward", "--out", str(case), "--quiet"])
+
+    _assert_one_line_error(code, err, "inside the input folder")
+    assert sorted(p.name for p in case.iterdir()) == before
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(Exception, match="no case folders found"):
+        main(["prepare", "--data", str(tmp_path), "--pair", "t1t2", "--out", str(tmp_path / "c"), "--debug"])

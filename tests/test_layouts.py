@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from symot_med.data.layouts import LayoutError, discover_cases, match_layout, read_case
+
+
+@pytest.mark.parametrize(
+    "layout, case_id, modalities",
+    [
+        ("brats2020", "BraTS20_Training_001", ("t1", "t2")),
+        ("brats2021", "BraTS2021_00000", ("t1", "t2")),
+        ("brats2023", "BraTS-GLI-00000-000", ("t1", "t2")),
+        ("synthrad2023", "1BA001", ("mr", "ct")),
+    ],
+)
+def test_discovery_finds_layout(layout_tree, layout, case_id, modalities):
+    root = layout_tree(layout)
+
+    cases = discover_cases(root, modalities)
+
+    assert [c.case_id for c in cases] == [case_id]
+    assert cases[0].layout == layout
+    assert set(modalities) <= set(cases[0].images)
+    for modality in modalities:
+        assert cases[0].images[modality].is_file()
+
+
+def test_brats2023_names_map_to_canonical(layout_tree):
+    case = discover_cases(layout_tree("brats2023"))[0]
+
+    assert case.images["t1"].name == "BraTS-GLI-00000-000-t1n.nii.gz"
+    assert case.images["t2"].name == "BraTS-GLI-00000-000-t2w.nii.gz"
+    assert case.seg.name == "BraTS-GLI-00000-000-seg.nii.gz"
+
+
+def test_synthrad_mask_found(layout_tree):
+    case = discover_cases(layout_tree("synthrad2023"))[0]
+
+    assert case.mask is not None
+    assert case.mask.name == "mask.nii.gz"
+
+
+def test_synthrad_found_from_task_folder_and_case_folder(layout_tree):
+    root = layout_tree("synthrad2023")
+
+    assert [c.case_id for c in discover_cases(root / "Task1")] == ["1BA001"]
+    assert [c.case_id for c in discover_cases(root / "Task1" / "brain" / "1BA001")] == ["1BA001"]
+
+
+def test_missing_modality_names_expected_file(layout_tree):
+    root = layout_tree("brats2021")
+    (root / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz").unlink()
+
+    with pytest.raises(LayoutError, match=r"BraTS2021_00000_t2\.nii\.gz"):
+        discover_cases(root, ("t1", "t2"))
+
+
+def test_non_nifti_file_rejected_with_its_name(layout_tree):
+    root = layout_tree("synthrad2023")
+    bad = root / "Task1" / "brain" / "1BA001" / "ct.nii.gz"
+    bad.write_text("not an image")
+
+    with pytest.raises(LayoutError, match="ct.nii.gz"):
+        discover_cases(root, ("mr", "ct"))
+
+
+def test_unknown_folder_lists_expected_layouts(tmp_path):
+    (tmp_path / "patient_a").mkdir()
+
+    with pytest.raises(LayoutError, match="expected one of: BraTS 2020"):
+        discover_cases(tmp_path)
+
+
+def test_missing_root_rejected(tmp_path):
+    with pytest.raises(LayoutError, match="does not exist"):
+        discover_cases(tmp_path / "nowhere")
+
+
+def test_mixed_layouts_rejected(layout_tree):
+    layout_tree("brats2021", root_name="mixed")
+    root = layout_tree("brats2023", root_name="mixed")
+
+    with pytest.raises(LayoutError, match="mixes layouts"):
+        discover_cases(root)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("BraTS20_Training_001", "brats2020"),
+        ("BraTS20_Validation_012", "brats2020"),
+        ("BraTS2021_01666", "brats2021"),
+        ("BraTS-MEN-00004-000", "brats2023"),
+        ("1BC042", "synthrad2023"),
+        ("1PA001", None),
+        ("BraTS2021_0001", None),
+    ],
+)
+def test_case_folder_patterns(name, expected):
+    spec = match_layout(name)
+    assert (spec.name if spec else None) == expected
+
+
+def test_read_case_rejects_other_folder(tmp_path):
+    with pytest.raises(LayoutError, match="not a case folder"):
+        read_case(tmp_path / "something")

@@ -1,0 +1,126 @@
+"""Preprocessing geometry and intensity, checked against the input files."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from symot_med.config import Profile
+from symot_med.data.transforms import IntensityScale, preprocess_volume, to_native
+
+
+def smooth_ball(shape):
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radius2 = sum(g**2 for g in grid)
+    return (1000.0 * np.exp(-2.0 * radius2) * (radius2 < 0.8)).astype(np.float32)
+
+
+def oblique_affine(spacing=(1.2, 0.9, 2.0)):
+    """Non-RAS (flipped x and y), rotated, anisotropic voxel-to-world matrix."""
+    affine = np.eye(4)
+    rotation = Rotation.from_euler("xyz", [10, -5, 20], degrees=True).as_matrix()
+    affine[:3, :3] = rotation @ np.diag([-spacing[0], -spacing[1], spacing[2]])
+    affine[:3, 3] = [30.0, -20.0, 10.0]
+    return affine
+
+
+def test_ras_volume_round_trip_exact(tmp_path):
+    volume = smooth_ball((40, 48, 20))
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
+    profile = Profile("t", "brats", (1.0, 1.0, 1.0), (64, 64))
+
+    pre = preprocess_volume(path, "t1", profile)
+    scale = IntensityScale(pre.record.intensity_low, pre.record.intensity_high)
+    back = to_native(scale.denormalise(pre.image) * pre.mask, pre.record)
+
+    native_mask = to_native(pre.mask, pre.record, mode="nearest") > 0.5
+    inside = native_mask & (volume > scale.low) & (volume < scale.high)
+    assert inside.sum() > 0.5 * (volume > 0).sum()
+    assert back.shape == volume.shape
+    np.testing.assert_allclose(back[inside], volume[inside], rtol=1e-4, atol=1e-2)
+
+
+def test_oblique_volume_round_trip_close(tmp_path):
+    volume = smooth_ball((40, 50, 30))
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(volume, oblique_affine()), str(path))
+    profile = Profile("t", "brats", (1.0, 1.0, 1.0), (64, 64))
+
+    pre = preprocess_volume(path, "t1", profile)
+    scale = IntensityScale(pre.record.intensity_low, pre.record.intensity_high)
+    back = to_native(scale.denormalise(pre.image) * pre.mask, pre.record)
+
+    inside = volume > 100
+    relative_error = np.abs(back - volume)[inside].mean() / volume[inside].mean()
+    assert relative_error < 0.03
+
+
+def test_preprocessed_grid_is_ras_with_profile_spacing(tmp_path):
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(smooth_ball((40, 50, 30)), oblique_affine()), str(path))
+    profile = Profile("t", "brats", (2.0, 2.0, 2.0), (32, 40))
+
+    pre = preprocess_volume(path, "t1", profile)
+    affine = np.array(pre.record.preprocessed_affine)
+
+    assert pre.image.shape[:2] == (32, 40)
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [2.0, 2.0, 2.0], atol=1e-5)
+    assert pre.record.native_shape == [40, 50, 30]
+    np.testing.assert_allclose(pre.record.native_affine, oblique_affine())
+
+
+def test_mr_normalisation_uses_mask_percentiles(tmp_path):
+    volume = smooth_ball((30, 30, 20))
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
+    profile = Profile("t", "brats", (1.0, 1.0, 1.0), (32, 32))
+
+    pre = preprocess_volume(path, "t2", profile)
+
+    foreground = volume[volume > 0.05 * np.percentile(volume[volume > 0], 99)]
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    assert pre.record.intensity_low == pytest.approx(low, rel=0.05)
+    assert pre.record.intensity_high == pytest.approx(high, rel=0.01)
+    assert pre.image.min() >= 0.0
+    assert pre.image.max() <= 1.0
+    assert np.all(pre.image[pre.mask == 0] == 0)
+
+
+def test_ct_normalisation_is_fixed_window(tmp_path):
+    hu = np.full((30, 30, 20), -1000, dtype=np.int16)
+    hu[10:20, 10:20, 5:15] = 40
+    hu[12:18, 12:18, 8:12] = 3500
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(path))
+    profile = Profile("t", "synthrad", (1.0, 1.0, 1.0), (32, 32))
+
+    pre = preprocess_volume(path, "ct", profile)
+
+    assert (pre.record.intensity_low, pre.record.intensity_high) == (-1024.0, 3000.0)
+    assert pre.image.max() == pytest.approx(1.0)
+    soft = pre.image[pre.mask > 0]
+    assert np.any(np.isclose(soft, (40 + 1024) / 4024, atol=1e-4))
+
+
+def test_mask_file_is_used(tmp_path):
+    volume = smooth_ball((30, 30, 20))
+    mask = np.zeros(volume.shape, dtype=np.uint8)
+    mask[5:25, 5:25, 5:15] = 1
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(tmp_path / "mr.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "mask.nii.gz"))
+    profile = Profile("t", "synthrad", (1.0, 1.0, 1.0), (32, 32))
+
+    pre = preprocess_volume(tmp_path / "mr.nii.gz", "mr", profile, mask_path=tmp_path / "mask.nii.gz")
+
+    assert pre.mask.sum() == mask.sum()
+
+
+def test_to_native_rejects_wrong_shape(tmp_path):
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(smooth_ball((20, 20, 10)), np.eye(4)), str(path))
+    pre = preprocess_volume(path, "t1", Profile("t", "brats", (1.0, 1.0, 1.0), (24, 24)))
+
+    with pytest.raises(ValueError, match="record expects"):
+        to_native(np.zeros((5, 5, 5), dtype=np.float32), pre.record)
