@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,12 +18,12 @@ logger = logging.getLogger("symot_med")
 PROFILE_NAMES = sorted({name for name, _ in PROFILES})
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu or cuda (default: auto)")
 
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="empty or new folder for the cohort")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
-    _add_common(p)
+    add_common_options(p)
 
     p = commands.add_parser("prepare", help="preprocess a data set into a slice cache")
     p.add_argument("--data", type=Path, required=True, help="data set folder (BraTS or SynthRAD2023 layout)")
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="slice cache folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the subject-level train/test split (default: 0)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects held out (default: 0.25)")
-    _add_common(p)
+    add_common_options(p)
 
     p = commands.add_parser("train-ae", help="train the VQ-VAE-2 on both modalities of a slice cache")
     p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
@@ -55,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    _add_device(p)
-    _add_common(p)
+    add_device_option(p)
+    add_common_options(p)
 
     p = commands.add_parser("train-flow", help="train the SyMOT flow between the two modalities' latents")
     p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
@@ -67,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
     p.add_argument("--beta", type=float, default=None, help="weight of the transport cost (default: the pair's)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    _add_device(p)
-    _add_common(p)
+    add_device_option(p)
+    add_common_options(p)
 
     p = commands.add_parser("translate", help="translate NIfTI volumes into the other modality, in their own space")
     p.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
@@ -76,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
     p.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
     p.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")
-    _add_device(p)
-    _add_common(p)
+    add_device_option(p)
+    add_common_options(p)
 
     p = commands.add_parser("demo", help="run the whole chain on the demo cohort: both pairs, all four directions")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out; reruns resume)")
@@ -85,9 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
     p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: AETrainConfig.epochs)")
     p.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: FlowTrainConfig.epochs)")
-    _add_device(p)
-    _add_common(p)
+    add_device_option(p)
+    add_common_options(p)
+
+    _register_command_modules(commands)
     return parser
+
+
+def _register_command_modules(commands: argparse._SubParsersAction) -> None:
+    """Add the parsers of every module in ``symot_med.commands`` (see its docstring)."""
+    import symot_med.commands as package
+
+    for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+        module.register(commands)
 
 
 def _override(config, **values):
@@ -124,8 +137,11 @@ def _translate_jobs(inputs: list[Path], pair, direction: str, mask: Path | None)
 
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
     logger.info("symot-med %s %s", args.command, settings)
+
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
 
     if args.command == "demo-data":
         from symot_med.data.demo_cohort import generate_demo_cohort
