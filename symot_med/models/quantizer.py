@@ -1,10 +1,10 @@
 """Vector quantiser with an exponential-moving-average (EMA) codebook and dead-code restart.
 
-The codebook follows van den Oord et al., "Neural Discrete Representation Learning" (NeurIPS
-2017, appendix A.1): each code is the EMA of the encoder outputs assigned to it, so the codebook
-has no gradient and only the commitment term reaches the encoder. Codes that stop being chosen
-are moved onto encoder outputs of the current batch, as in Dhariwal et al., "Jukebox" (2020,
-section 3.2 "random restarts"), which keeps the codebook from collapsing to a few codes.
+The EMA codebook is the variant of van den Oord et al., "Neural Discrete Representation
+Learning" (NeurIPS 2017). Each code is the EMA of the encoder outputs assigned to it, so the
+codebook gets no gradient and only the commitment term reaches the encoder. Codes that stop being
+chosen are moved onto encoder outputs of the current batch (the "random restarts" of Dhariwal et
+al., "Jukebox", 2020), which keeps the codebook from collapsing onto a few codes.
 
 Shapes: inputs and outputs are (B, C, H, W) maps with C = ``embed_dim``; code indices are
 (B, H, W) int64; the codebook is (K, C) with K = ``n_embed``.
@@ -64,8 +64,10 @@ class EMAVectorQuantizer(nn.Module):
             ``0`` turns restarts off.
 
     The codebook, EMA statistics and the update counter are buffers, so they travel in the
-    ``state_dict``. Restart draws come from a generator seeded by ``restart_seed`` and the update
-    count, which makes a resumed run pick the same vectors as an uninterrupted one.
+    ``state_dict``. Restart draws come from a generator seeded by the ``restart_seed`` buffer and
+    the update count, which makes a resumed run pick the same vectors as an uninterrupted one.
+    ``restart_seed`` and the initial codes are drawn from torch's global generator when the
+    quantiser is built, so seed that generator for a reproducible run.
     """
 
     def __init__(
@@ -95,8 +97,8 @@ class EMAVectorQuantizer(nn.Module):
         self.restart_threshold = restart_threshold
         self.restarts_last_update = 0
 
-        # Initial codes are placeholders: with cluster sizes of 1 every code that the first
-        # training batch leaves unused drops below a threshold of 1 and is restarted on data.
+        # The initial codes are placeholders. With cluster sizes of 1 and the default threshold
+        # of 1, every code that the first training batch leaves unused is restarted on data.
         embedding = torch.randn(n_embed, embed_dim) * 0.1
         self.register_buffer("embedding", embedding)
         self.register_buffer("cluster_size", torch.ones(n_embed))
@@ -117,9 +119,8 @@ class EMAVectorQuantizer(nn.Module):
         """Quantise ``z`` (B, C, H, W); in training mode also update the codebook.
 
         Returns:
-            ``z_q``: (B, C, H, W) nearest codes with a straight-through gradient, so that
-            d z_q / d z is the identity; ``loss``: scalar commitment loss; ``indices``:
-            (B, H, W) int64 code indices.
+            ``z_q`` (B, C, H, W), the nearest codes with a straight-through gradient (d z_q / d z
+            is the identity), the scalar commitment loss, and the (B, H, W) int64 code indices.
         """
         self._check_map(z)
         flat = _flatten_map(z.detach()).float()  # (N, C), N = B*H*W

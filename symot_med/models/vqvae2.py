@@ -1,11 +1,11 @@
 """Two-level VQ-VAE-2 autoencoder for 2D slices.
 
-Razavi, van den Oord and Vinyals, "Generating Diverse High-Fidelity Images with VQ-VAE-2"
-(NeurIPS 2019), section 3.1: a bottom encoder reduces a (B, 1, H, W) slice to features at 1/4
-of its size, a top encoder reduces those to 1/8 and is quantised first; the quantised top is
-decoded back to 1/4 and joined to the bottom features before the bottom quantiser, so the bottom
-codes store what the top codes miss. The decoder reads the upsampled top codes together with the
-bottom codes.
+The layout follows Razavi, van den Oord and Vinyals, "Generating Diverse High-Fidelity Images
+with VQ-VAE-2" (NeurIPS 2019). A bottom encoder reduces a (B, 1, H, W) slice to
+features at 1/4 of its size, and a top encoder reduces those to 1/8. The top map is quantised
+first. Its codes are decoded back to 1/4 and joined to the bottom features before the bottom
+quantiser, so the bottom codes store what the top codes miss. The decoder reads the upsampled
+top codes together with the bottom codes.
 
 The latent maps handed to the flow are ``top`` (B, E, H/8, W/8) and ``bottom`` (B, E, H/4, W/4)
 with E = ``embed_dim``. H and W must be divisible by 8.

@@ -61,8 +61,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     The keys ``format`` and ``versions`` are added.
 
     Raises:
-        TypeError: when the payload holds a value that ``weights_only`` loading rejects (for
-            example a NumPy array or a dataclass); the message names its key path.
+        TypeError: when the payload contains a value that ``weights_only`` loading rejects,
+            for example a NumPy array or a dataclass. The message names its key path.
     """
     if not isinstance(payload, dict):
         raise TypeError(f"checkpoint payload must be a dict, got {type(payload).__name__}")
