@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("translate", help="translate NIfTI volumes into the other modality, in their own space")
     p.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
-    p.add_argument("--model", type=Path, required=True, help="model folder from `train-flow` (holds model.json)")
+    p.add_argument("--model", type=Path, required=True, help="model folder written by `train-flow` (contains model.json)")
     p.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
     p.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
     p.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")

@@ -55,11 +55,13 @@ def test_slice_cache_split_by_subject(trained):
 
     train, test = cache.case_ids("train"), cache.case_ids("test")
 
-    assert len(train) == 2 and len(test) == 1
+    assert len(train) == 2
+    assert len(test) == 1
     assert not set(train) & set(test)
     slices = cache.slices("t1", "train")
     assert slices.shape[1:] == (1, 40, 48)
-    assert slices.min() >= 0.0 and slices.max() <= 1.0
+    assert slices.min() >= 0.0
+    assert slices.max() <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -96,7 +98,8 @@ def test_ct_output_is_int16_hu(trained, tmp_path):
     output = nib.load(str(next(tmp_path.glob("*.nii.gz"))))
     values = np.asarray(output.dataobj)
     assert values.dtype == np.int16
-    assert values.min() >= -1024 and values.max() <= 3000
+    assert values.min() >= -1024
+    assert values.max() <= 3000
 
 
 def test_translate_case_folder_keeps_case_names(trained, tmp_path):

@@ -6,6 +6,7 @@ OUT/<pair>/autoencoder           VQ-VAE-2 checkpoints and history
 OUT/<pair>/flow                  flow checkpoints, history and model.json
 OUT/translated/<in>_to_<out>/    translated NIfTI of every held-out subject
 OUT/metrics.json                 SSIM and PSNR per direction and subject, with the identity baseline
+OUT/summary.md                   the same means as a markdown table, with stage timings
 OUT/translations.png             input | translated | ground truth
 OUT/settings.json                the resolved settings
 
@@ -15,6 +16,7 @@ Every stage skips or resumes work already done in OUT, so an interrupted demo ca
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +34,7 @@ from symot_med.data.transforms import threshold_mask
 from symot_med.evaluation.figures import FigureRow, translation_figure
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator
-from symot_med.io import write_json
+from symot_med.io import atomic_path, write_json
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
 from symot_med.training.autoencoder import AETrainConfig
@@ -169,7 +171,38 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True)
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
         "device": str(translator.device),
     }
     write_json(out_dir / "metrics.json", metrics)
+    write_summary(metrics, out_dir / "summary.md")
     return metrics
+
+
+def summary_markdown(metrics: dict) -> str:
+    """Markdown table of mean SSIM and PSNR per direction, with the identity baseline and timings."""
+    lines = [
+        "| direction | SSIM translated | SSIM identity | PSNR translated (dB) | PSNR identity (dB) | held-out subjects |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in metrics["directions"].items():
+        mean = result["mean"]
+        lines.append(
+            f"| {name.replace('_to_', ' -> ')} | {mean['translated']['ssim']:.3f} | {mean['identity']['ssim']:.3f} "
+            f"| {mean['translated']['psnr']:.2f} | {mean['identity']['psnr']:.2f} | {len(result['cases'])} |"
+        )
+
+    timings = metrics["timings_s"]
+    total = sum(timings.values())
+    lines += ["", f"Wall time: {total / 60:.1f} min in total; per stage (s): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "."]
+    environment = metrics["environment"]
+    lines += ["", f"Python {environment['python']}, torch {environment['torch']}, "
+              f"{environment['cpu_cores']} CPU cores, {environment['torch_threads']} torch threads, device {environment['device']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(metrics: dict, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(summary_markdown(metrics))
+    return path
