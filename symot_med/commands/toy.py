@@ -1,0 +1,126 @@
+"""``symot-med toy``: SyMOT-Flow and its rivals on the 2-D toy pairs, against exact OT.
+
+Writes ``<out>/results.json``, ``<out>/runs.csv``, a map figure per pair, with
+``--beta-sweep`` also ``<out>/beta_sweep.csv`` and ``.png``, and the markdown page
+(default ``<out>.md``) whose first line names the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import time
+from pathlib import Path
+
+from symot_med.cli import add_common_options
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("docs/results/toy")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``toy`` parser."""
+    from symot_med.toy.datasets import PAIR_NAMES
+    from symot_med.toy.methods import METHODS
+    from symot_med.toy.run import DEFAULT_N_POINTS, DEFAULT_SWEEP_PAIR
+    from symot_med.toy.train import ToyTrainConfig
+
+    parser = subparsers.add_parser(
+        "toy",
+        help="compare SyMOT-Flow, single MMD, one direction and SWOT-Flow on the 2-D toy pairs",
+        description=(
+            "Train every chosen method on every chosen toy pair with the same budget, evaluate "
+            "transport cost and MMD against exact OT (POT) and the MMD noise floor, and write "
+            "tables, figures and a markdown page."
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"folder of the CSV, JSON and PNG files (default: {DEFAULT_OUT})")
+    parser.add_argument("--page", type=Path, default=None, help="markdown page to write (default: the --out folder name plus .md)")
+    parser.add_argument("--pairs", nargs="+", choices=PAIR_NAMES, default=list(PAIR_NAMES), help="toy pairs to run (default: all four)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to train (default: all four)")
+    parser.add_argument("--beta-sweep", action="store_true", help="also train SyMOT-Flow for each beta from 1e-5 to 10 on --sweep-pair")
+    parser.add_argument("--sweep-pair", choices=PAIR_NAMES, default=DEFAULT_SWEEP_PAIR, help=f"pair of the beta sweep (default: {DEFAULT_SWEEP_PAIR})")
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default: {ToyTrainConfig.steps})")
+    parser.add_argument("--n-points", type=int, default=DEFAULT_N_POINTS, help=f"points per side (default: {DEFAULT_N_POINTS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training (default: 0)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each (default: 2)")
+    add_common_options(parser)
+    parser.set_defaults(handler=run_toy_command)
+
+
+def run_toy_command(args: argparse.Namespace) -> int:
+    """Run the toy comparison described by the parsed ``args`` and write its outputs."""
+    from dataclasses import replace
+
+    from symot_med.toy.report import write_outputs
+    from symot_med.toy.run import plan_jobs, run_toy, with_steps
+    from symot_med.toy.train import ToyTrainConfig
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}.")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+    config = with_steps(replace(ToyTrainConfig(), seed=args.seed), args.steps)
+    if args.n_points < config.batch_size:
+        raise ValueError(f"--n-points must be at least the batch size {config.batch_size}, got {args.n_points}.")
+    page = args.page if args.page is not None else args.out.with_name(args.out.name + ".md")
+    command = command_line(args)
+
+    jobs = plan_jobs(
+        args.pairs, args.methods, config, n_points=args.n_points, data_seed=args.seed,
+        sweep_pair=args.sweep_pair if args.beta_sweep else None,
+    )
+    start = time.perf_counter()
+    cpu_start = _children_cpu_seconds() + time.process_time()
+    results = run_toy(jobs, workers=args.workers, progress=not args.quiet)
+    cpu_seconds = _children_cpu_seconds() + time.process_time() - cpu_start
+    timing = (
+        f"{time.perf_counter() - start:.0f} s wall clock and {cpu_seconds:.0f} s CPU time (all processes) for "
+        f"{len(jobs)} training runs with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
+        f"({platform.machine()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. "
+        "On a shared machine the wall time is an upper bound; benchmarks/README.md has the timing record."
+    )
+    written = write_outputs(results, args.out, page, command, timing_note=timing)
+    print(f"wrote {written['page']} and the files in {args.out}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """Return the ``symot-med toy`` command line that reproduces ``args``, defaults left out."""
+    from symot_med.toy.datasets import PAIR_NAMES
+    from symot_med.toy.methods import METHODS
+    from symot_med.toy.run import DEFAULT_N_POINTS, DEFAULT_SWEEP_PAIR
+
+    parts = ["symot-med", "toy"]
+    if args.out != DEFAULT_OUT:
+        parts += ["--out", str(args.out)]
+    if args.page is not None:
+        parts += ["--page", str(args.page)]
+    if list(args.pairs) != list(PAIR_NAMES):
+        parts += ["--pairs", *args.pairs]
+    if list(args.methods) != list(METHODS):
+        parts += ["--methods", *args.methods]
+    if args.beta_sweep:
+        parts.append("--beta-sweep")
+        if args.sweep_pair != DEFAULT_SWEEP_PAIR:
+            parts += ["--sweep-pair", args.sweep_pair]
+    if args.steps is not None:
+        parts += ["--steps", str(args.steps)]
+    if args.n_points != DEFAULT_N_POINTS:
+        parts += ["--n-points", str(args.n_points)]
+    if args.seed != 0:
+        parts += ["--seed", str(args.seed)]
+    if args.workers != 2:
+        parts += ["--workers", str(args.workers)]
+    return shlex.join(parts)
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

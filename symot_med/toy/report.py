@@ -1,0 +1,414 @@
+"""Tables, acceptance checks and the results page of a toy run.
+
+Acceptance criteria checked on every page, per pair and per direction (forward T, backward
+T^-1), for SyMOT-Flow:
+
+1. its transport cost is lower than that of single MMD and of SWOT-Flow;
+2. on Moons to Circles and 8 Gauss to 8 Gauss, |cost / exact OT - 1| <= 10 %;
+3. its report MMD^2 is at most 3 times the noise floor of the distribution it maps onto.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from symot_med import __version__
+from symot_med.toy.datasets import draw, get_pair
+from symot_med.toy.evaluate import REPORT_BANDWIDTH, REPORT_SCALES
+from symot_med.toy.figures import plot_beta_sweep, plot_pair_maps
+from symot_med.toy.methods import METHOD_TITLES
+from symot_med.toy.paper import PAPER_SWEEP, PAPER_TABLES
+from symot_med.toy.run import ToyRunResults
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("forward", "backward")
+OT_RATIO_PAIRS = ("moons-circles", "8gauss-8gauss")
+OT_RATIO_TOLERANCE = 0.10
+MMD_FLOOR_FACTOR = 3.0
+TABLE1_METHODS = ("swot", "single-mmd", "symot")
+TABLE4_METHODS = ("one-direction", "symot")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One acceptance check of one pair and direction."""
+
+    criterion: str
+    pair: str
+    direction: str
+    value: float
+    threshold: float
+    passed: bool | None  # None: not run, because a method or pair was left out
+    detail: str
+
+
+def check_criteria(results: ToyRunResults) -> list[Check]:
+    """Evaluate the three acceptance criteria of the module docstring on a toy run."""
+    runs = _runs_by_key(results)
+    checks = []
+    for pair in results.references:
+        reference = results.references[pair]
+        symot = runs.get((pair, "symot"))
+        for direction in DIRECTIONS:
+            cost_key, mmd_key = f"cost_{direction}", f"mmd_{direction}"
+            symot_cost = symot["metrics"][cost_key] if symot else math.nan
+
+            for rival in ("single-mmd", "swot"):
+                other = runs.get((pair, rival))
+                other_cost = other["metrics"][cost_key] if other else math.nan
+                passed = None if not (symot and other) else symot_cost < other_cost
+                checks.append(Check(
+                    f"cost below {METHOD_TITLES[rival]}", pair, direction, symot_cost, other_cost, passed,
+                    f"SyMOT-Flow {_number(symot_cost)} vs {METHOD_TITLES[rival]} {_number(other_cost)}",
+                ))
+
+            if pair in OT_RATIO_PAIRS:
+                ratio = symot_cost / reference["exact_ot"]
+                passed = None if not symot else abs(ratio - 1.0) <= OT_RATIO_TOLERANCE
+                checks.append(Check(
+                    "cost within 10 % of exact OT", pair, direction, ratio, OT_RATIO_TOLERANCE, passed,
+                    f"cost {_number(symot_cost)} / exact OT {_number(reference['exact_ot'])} = {ratio:.3f}",
+                ))
+
+            floor = reference[f"floor_{direction}"]["mean"]
+            symot_mmd = symot["metrics"][mmd_key] if symot else math.nan
+            passed = None if not symot else symot_mmd <= MMD_FLOOR_FACTOR * floor
+            checks.append(Check(
+                "MMD within 3x noise floor", pair, direction, symot_mmd / floor, MMD_FLOOR_FACTOR, passed,
+                f"MMD^2 {_number(symot_mmd)} = {symot_mmd / floor:.2f} x floor {_number(floor)}",
+            ))
+    return checks
+
+
+def write_outputs(
+    results: ToyRunResults,
+    out_dir: Path,
+    page_path: Path,
+    command: str,
+    timing_note: str = "",
+) -> dict[str, Path]:
+    """Write the JSON, CSV files, figures and the markdown page of a toy run.
+
+    Args:
+        results: from :func:`symot_med.toy.run.run_toy`.
+        out_dir: folder of the data files and figures; created if missing.
+        page_path: markdown page; its first line names ``command``.
+        command: the command line that produced the run.
+        timing_note: sentence about the machine and run time, added to the page.
+
+    Returns:
+        Name -> path of each file written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    checks = check_criteria(results)
+    written = {
+        "json": _write_json(results, checks, out_dir / "results.json", command),
+        "runs_csv": _write_runs_csv(results, out_dir / "runs.csv"),
+    }
+    if results.sweep:
+        written["sweep_csv"] = _write_sweep_csv(results, out_dir / "beta_sweep.csv")
+        written["sweep_png"] = _plot_sweep(results, out_dir / "beta_sweep.png")
+    for pair in results.references:
+        maps = {
+            run["method"]: (run["t_x"], run["t_inv_z"])
+            for method in ("swot", "single-mmd", "one-direction", "symot")
+            for run in results.runs
+            if run["pair"] == pair and run["method"] == method
+        }
+        if maps:
+            x = draw(pair, "source", results.n_points, results.data_seed)
+            z = draw(pair, "target", results.n_points, results.data_seed)
+            written[f"{pair}_png"] = plot_pair_maps(x, z, maps, out_dir / f"{pair}.png", get_pair(pair).title)
+
+    page = render_page(results, checks, command, out_dir, page_path, timing_note)
+    page_path.write_text(page, encoding="utf-8")
+    written["page"] = page_path
+    logger.info("wrote %s and %d files in %s", page_path, len(written) - 1, out_dir)
+    return written
+
+
+def render_page(
+    results: ToyRunResults,
+    checks: list[Check],
+    command: str,
+    out_dir: Path,
+    page_path: Path,
+    timing_note: str = "",
+) -> str:
+    """Return the markdown results page of a toy run."""
+    link = Path(os.path.relpath(out_dir, page_path.parent)).as_posix()
+    lines = [
+        f"Generated by `{command}` (symot-med {__version__}); rerun that command to update this page, do not edit it.",
+        "",
+        "# SyMOT-Flow on the 2-D toy pairs, against exact optimal transport",
+        "",
+        "Our runs of the illustrative experiments of Z. Xiong, Q. Ding and X. Zhang, \"Arbitrary "
+        "Distributions Mapping via SyMOT-Flow: A Flow-based Approach Integrating Maximum Mean "
+        "Discrepancy and Optimal Transport\" (the SyMOT-Flow paper below), next to the numbers it publishes.",
+        "",
+        "## Setup",
+        "",
+    ]
+    lines += _setup_section(results)
+    if timing_note:
+        lines.append(f"- Run time: {timing_note}")
+    lines += ["", "## Acceptance criteria", ""]
+    lines += _criteria_section(checks)
+    lines += _table_section(results, "Table 1: SWOT-Flow, single MMD and SyMOT-Flow", TABLE1_METHODS, link)
+    lines += _table_section(results, "Table 4: one direction and SyMOT-Flow", TABLE4_METHODS, link)
+    if results.sweep:
+        lines += _sweep_section(results, link)
+    lines += ["", "## Learned maps", ""]
+    lines.append(
+        "Blue: the points being mapped; orange: their images; green: a segment from each point to "
+        "its image. Row 1 maps x with T, row 2 maps z with T^-1 (compare SyMOT-Flow Figs. 2 and 3)."
+    )
+    for pair in results.references:
+        if any(run["pair"] == pair for run in results.runs):
+            lines += ["", f"![{get_pair(pair).title}]({link}/{pair}.png)"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _setup_section(results: ToyRunResults) -> list[str]:
+    """Return the page's list of data, budget, kernels, references and betas."""
+    config = results.config
+    floor_repeats = next(iter(results.references.values()))["floor_forward"]["repeats"]
+    return [
+        f"- Data: {results.n_points} points per side, data seed {results.data_seed}; the pairs and how they "
+        "are drawn are documented in `symot_med/toy/datasets.py`. The SyMOT-Flow paper gives no "
+        "parameters for its toy distributions, so its numbers come from other data.",
+        f"- Budget, the same for every method: dense flow of {config.n_blocks} FrEIA `AllInOneBlock`s "
+        f"(subnets with 2 hidden layers of {config.hidden}, soft clamp {config.clamp}), "
+        f"{config.steps} AdamW steps, batch {config.batch_size} per side, learning rate {config.lr:g} "
+        f"({config.warmup_steps} warm-up steps, then a half cosine to {config.final_lr:g}), "
+        f"weight decay {config.weight_decay:g}, gradient norm clipped at {config.grad_clip:g}, "
+        f"training seed {config.seed}.",
+        f"- Training MMD: reduced estimator (SyMOT-Flow equation (7)), Gaussian kernels with bandwidths "
+        f"{_scales(config.mmd_scales)} times {_base_bandwidth(config)}. "
+        f"SWOT-Flow: squared sliced 2-Wasserstein distance with {config.n_projections} random directions per term.",
+        "- Transport cost: mean of |a - b|^2 summed over the 2 coordinates (the convention of POT's "
+        "`ot.dist`), forward over (x, T(x)) and backward over (T^-1(z), z).",
+        f"- Reported MMD^2: full biased estimator (SyMOT-Flow equation (3)) with one fixed kernel for every "
+        f"pair, method and direction: the sum of Gaussians with bandwidths {_scales(REPORT_SCALES, REPORT_BANDWIDTH)} "
+        "length units. Forward: MMD^2(T(x), z); backward: MMD^2(T^-1(z), x).",
+        "- Exact OT: `ot.emd2` on the two training sets with uniform weights and `M = ot.dist(x, z)`; "
+        "the run fails if POT reports that it stopped before the optimum.",
+        "- Noise floor: the same MMD^2 between two independent draws of the target distribution "
+        f"(q forward, p backward) of {results.n_points} points, mean of "
+        f"{floor_repeats} draw pairs.",
+        "- Betas: " + ", ".join(
+            f"{get_pair(pair).title} {_betas_of(results, pair)}" for pair in results.references
+        ) + ".",
+    ]
+
+
+def _base_bandwidth(config) -> str:
+    if config.mmd_bandwidth == "data":
+        return "the median pairwise distance of the pooled training sets"
+    return "the median pairwise distance of each term's pooled batch"
+
+
+def _criteria_section(checks: list[Check]) -> list[str]:
+    lines = [
+        "| criterion | pair | direction | result | numbers |",
+        "|---|---|---|---|---|",
+    ]
+    for check in checks:
+        result = {True: "pass", False: "**MISS**", None: "not run"}[check.passed]
+        lines.append(
+            f"| {check.criterion} | {get_pair(check.pair).title} | {check.direction} | {result} | {check.detail} |"
+        )
+    passes = sum(check.passed is True for check in checks)
+    misses = sum(check.passed is False for check in checks)
+    lines += ["", f"{passes} of {len(checks)} checks pass, {misses} miss (marked **MISS** above)."]
+    return lines
+
+
+def _table_section(results: ToyRunResults, title: str, methods: tuple[str, ...], link: str) -> list[str]:
+    runs = _runs_by_key(results)
+    present = [method for method in methods if any(run["method"] == method for run in results.runs)]
+    if not present:
+        return []
+    names = [METHOD_TITLES[method] for method in present]
+    lines = ["", f"## {title}", "", "Ours. Transport cost as forward / backward, with the ratio to the exact OT cost in brackets:", ""]
+    lines += ["| pair | exact OT | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(present)]
+    for pair, reference in results.references.items():
+        cells = []
+        for method in present:
+            run = runs.get((pair, method))
+            if run is None:
+                cells.append("not run")
+                continue
+            forward, backward = run["metrics"]["cost_forward"], run["metrics"]["cost_backward"]
+            exact = reference["exact_ot"]
+            cells.append(f"{_number(forward)} / {_number(backward)} ({forward / exact:.3f} / {backward / exact:.3f})")
+        lines.append(f"| {get_pair(pair).title} | {_number(reference['exact_ot'])} | " + " | ".join(cells) + " |")
+
+    lines += ["", "Ours. Report MMD^2 as forward / backward, with the noise floor of the distribution mapped onto:", ""]
+    lines += ["| pair | noise floor | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(present)]
+    for pair, reference in results.references.items():
+        floors = f"{_number(reference['floor_forward']['mean'])} / {_number(reference['floor_backward']['mean'])}"
+        cells = []
+        for method in present:
+            run = runs.get((pair, method))
+            cells.append(
+                "not run" if run is None
+                else f"{_number(run['metrics']['mmd_forward'])} / {_number(run['metrics']['mmd_backward'])}"
+            )
+        lines.append(f"| {get_pair(pair).title} | {floors} | " + " | ".join(cells) + " |")
+
+    lines += ["", "The SyMOT-Flow paper's published values (other data and an unstated kernel, so compare orderings, not values):", ""]
+    lines += ["| metric | pair | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(present)]
+    for metric, label in (("cost", "OT cost"), ("mmd", "MMD")):
+        for pair in results.references:
+            cells = [
+                f"{_number(PAPER_TABLES[metric][pair][method][0])} / {_number(PAPER_TABLES[metric][pair][method][1])}"
+                for method in present
+            ]
+            lines.append(f"| {label} | {get_pair(pair).title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _sweep_section(results: ToyRunResults, link: str) -> list[str]:
+    pair = results.sweep[0]["pair"]
+    reference = results.references[pair]
+    lines = [
+        "", f"## Beta sweep (Table 2 and Fig. 4), SyMOT-Flow on {get_pair(pair).title}", "",
+        f"Exact OT cost {_number(reference['exact_ot'])}; noise floor "
+        f"{_number(reference['floor_forward']['mean'])} / {_number(reference['floor_backward']['mean'])}. "
+        "Total = MMD^2 forward + MMD^2 backward + beta (cost forward + cost backward), with the report MMD^2. "
+        "The last two columns are Table 2 of the SyMOT-Flow paper, which does not name the pair; "
+        "its values match its 8 Gauss to 8 Gauss rows.",
+        "",
+        "| beta | cost forward / backward | MMD^2 forward / backward | total | paper OT | paper MMD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in results.sweep:
+        metrics = run["metrics"]
+        paper = PAPER_SWEEP.get(run["beta"])
+        lines.append(
+            f"| {run['beta']:g} | {_number(metrics['cost_forward'])} / {_number(metrics['cost_backward'])} | "
+            f"{_number(metrics['mmd_forward'])} / {_number(metrics['mmd_backward'])} | {_number(_sweep_total(run))} | "
+            f"{_number(paper[0]) if paper else '-'} | {_number(paper[1]) if paper else '-'} |"
+        )
+    lines += ["", f"![beta sweep]({link}/beta_sweep.png)"]
+    return lines
+
+
+def _sweep_total(run: dict) -> float:
+    metrics = run["metrics"]
+    return (
+        metrics["mmd_forward"] + metrics["mmd_backward"]
+        + run["beta"] * (metrics["cost_forward"] + metrics["cost_backward"])
+    )
+
+
+def _plot_sweep(results: ToyRunResults, path: Path) -> Path:
+    sweep = results.sweep
+    return plot_beta_sweep(
+        [run["beta"] for run in sweep],
+        [(run["metrics"]["cost_forward"] + run["metrics"]["cost_backward"]) / 2 for run in sweep],
+        [(run["metrics"]["mmd_forward"] + run["metrics"]["mmd_backward"]) / 2 for run in sweep],
+        [_sweep_total(run) for run in sweep],
+        path,
+        f"SyMOT-Flow beta sweep, {get_pair(sweep[0]['pair']).title}",
+    )
+
+
+def _write_json(results: ToyRunResults, checks: list[Check], path: Path, command: str) -> Path:
+    def strip(run: dict) -> dict:
+        return {key: value for key, value in run.items() if key not in ("t_x", "t_inv_z")}
+
+    document = {
+        "command": command,
+        "version": __version__,
+        "n_points": results.n_points,
+        "data_seed": results.data_seed,
+        "config": results.config.to_dict(),
+        "report_kernel": {"bandwidth": REPORT_BANDWIDTH, "scales": list(REPORT_SCALES)},
+        "references": results.references,
+        "runs": [strip(run) for run in results.runs],
+        "sweep": [strip(run) for run in results.sweep],
+        "checks": [check.__dict__ for check in checks],
+        "seconds": results.seconds,
+    }
+    path.write_text(json.dumps(document, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_runs_csv(results: ToyRunResults, path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([
+            "pair", "method", "beta", "cost_forward", "cost_backward", "exact_ot", "ratio_forward",
+            "ratio_backward", "mmd_forward", "mmd_backward", "floor_forward", "floor_backward", "train_seconds",
+        ])
+        for run in results.runs:
+            reference = results.references[run["pair"]]
+            metrics = run["metrics"]
+            writer.writerow([
+                run["pair"], run["method"], run["beta"], metrics["cost_forward"], metrics["cost_backward"],
+                reference["exact_ot"], metrics["cost_forward"] / reference["exact_ot"],
+                metrics["cost_backward"] / reference["exact_ot"], metrics["mmd_forward"], metrics["mmd_backward"],
+                reference["floor_forward"]["mean"], reference["floor_backward"]["mean"], round(run["seconds"], 1),
+            ])
+    return path
+
+
+def _write_sweep_csv(results: ToyRunResults, path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["pair", "beta", "cost_forward", "cost_backward", "mmd_forward", "mmd_backward", "total"])
+        for run in results.sweep:
+            metrics = run["metrics"]
+            writer.writerow([
+                run["pair"], run["beta"], metrics["cost_forward"], metrics["cost_backward"],
+                metrics["mmd_forward"], metrics["mmd_backward"], _sweep_total(run),
+            ])
+    return path
+
+
+def _runs_by_key(results: ToyRunResults) -> dict[tuple[str, str], dict]:
+    return {(run["pair"], run["method"]): run for run in results.runs}
+
+
+def _betas_of(results: ToyRunResults, pair: str) -> str:
+    betas = [
+        f"{METHOD_TITLES[run['method']]} {run['beta']:g}"
+        for run in results.runs
+        if run["pair"] == pair and run["method"] != "single-mmd"
+    ]
+    return "(" + ", ".join(betas) + ")" if betas else "(none)"
+
+
+def _scales(scales, unit: float | None = None) -> str:
+    values = [scale * (unit or 1.0) for scale in scales]
+    return ", ".join(f"{value:g}" for value in values)
+
+
+def _number(value: float) -> str:
+    """Format a value with 4 significant digits, in scientific notation when small or large."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+        return f"{value:.2e}"
+    return f"{value:.4g}"
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Cannot serialise {type(value).__name__} to JSON.")

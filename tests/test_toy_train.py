@@ -1,0 +1,225 @@
+"""Tests of the toy training harness, the job runner, the acceptance checks and the command."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from symot_med.cli import main
+from symot_med.toy.datasets import draw
+from symot_med.toy.evaluate import report_mmd2
+from symot_med.toy.methods import METHODS
+from symot_med.toy.report import check_criteria, render_page, write_outputs
+from symot_med.toy.run import ToyRunResults, plan_jobs, run_toy
+from symot_med.toy.train import ToyTrainConfig, apply_flow, learning_rate, train_toy_flow
+
+TINY = ToyTrainConfig(steps=4, batch_size=16, warmup_steps=1, n_blocks=2, hidden=8, n_projections=4)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run on one torch thread: these tensors are tiny, and on a loaded machine two threads
+    spend most of their time waiting for each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _points(n: int = 64):
+    return draw("gauss-gauss", "source", n, seed=0), draw("gauss-gauss", "target", n, seed=0)
+
+
+def test_learning_rate_schedule():
+    config = ToyTrainConfig(steps=101, warmup_steps=10, lr=1e-3, final_lr=1e-5)
+
+    assert learning_rate(0, config) == pytest.approx(1e-4)
+    assert learning_rate(9, config) == pytest.approx(1e-3)
+    assert learning_rate(10, config) == pytest.approx(1e-3)
+    assert learning_rate(55, config) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(100, config) == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_runs_every_method(method):
+    x, z = _points()
+
+    result = train_toy_flow(x, z, method, 0.1, TINY, log_every=2)
+
+    assert [entry["step"] for entry in result.history] == [0, 2, 3]
+    assert all(math.isfinite(value) for entry in result.history for value in entry.values())
+    assert not result.flow.training
+    assert apply_flow(result.flow, x).shape == x.shape
+
+
+def test_train_is_reproducible():
+    x, z = _points()
+
+    first = apply_flow(train_toy_flow(x, z, "swot", 0.1, TINY).flow, x)
+    second = apply_flow(train_toy_flow(x, z, "swot", 0.1, TINY).flow, x)
+    other_seed = apply_flow(train_toy_flow(x, z, "swot", 0.1, replace(TINY, seed=1)).flow, x)
+
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other_seed)
+
+
+def test_apply_flow_inverse_round_trip():
+    x, z = _points()
+    flow = train_toy_flow(x, z, "symot", 0.1, TINY).flow
+
+    restored = apply_flow(flow, apply_flow(flow, x), inverse=True)
+
+    np.testing.assert_allclose(restored, x, atol=1e-4)
+
+
+def test_training_moves_points_towards_target():
+    x, z = _points(256)
+    config = ToyTrainConfig(steps=100, batch_size=64, warmup_steps=10, lr=5e-3, n_blocks=4, hidden=32)
+
+    flow = train_toy_flow(x, z, "symot", 1e-3, config).flow
+
+    assert report_mmd2(apply_flow(flow, x), z) < 0.2 * report_mmd2(x, z)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"batch_size": 1}, "batch_size must be an int >= 2"),
+        ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
+        ({"final_lr": 1.0, "lr": 1e-3}, "final_lr <= lr"),
+        ({"mmd_bandwidth": "median"}, "mmd_bandwidth"),
+    ],
+    ids=["zero-steps", "batch-of-one", "warmup-too-long", "final-lr-above-lr", "unknown-bandwidth"],
+)
+def test_config_rejects_invalid_values(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ToyTrainConfig(**arguments)
+
+
+def test_train_rejects_too_few_points():
+    x, z = _points(8)
+
+    with pytest.raises(ValueError, match="N >= batch_size"):
+        train_toy_flow(x, z, "symot", 0.1, TINY)
+
+
+def test_plan_jobs_betas_and_sweep():
+    jobs = plan_jobs(
+        ["moons-circles"], ["symot", "single-mmd", "swot"], TINY, sweep_pair="gauss-gauss",
+        sweep_betas=(1e-3, 1.0), pair_betas={"moons-circles": 0.2}, swot_betas={"moons-circles": 0.05},
+    )
+
+    assert [(job.pair, job.method, job.beta, job.purpose) for job in jobs] == [
+        ("moons-circles", "symot", 0.2, "table"),
+        ("moons-circles", "single-mmd", 0.0, "table"),
+        ("moons-circles", "swot", 0.05, "table"),
+        ("gauss-gauss", "symot", 1e-3, "sweep"),
+        ("gauss-gauss", "symot", 1.0, "sweep"),
+    ]
+
+
+def test_plan_jobs_rejects_unknown_method():
+    with pytest.raises(ValueError, match="Unknown method 'gan'"):
+        plan_jobs(["moons-circles"], ["gan"], TINY)
+
+
+def _fake_results(symot_cost: float, rival_cost: float, symot_mmd: float) -> ToyRunResults:
+    """Return results for one pair with fixed metrics, exact OT 1.0 and noise floor 0.01."""
+    results = ToyRunResults(config=TINY, n_points=64, data_seed=0)
+    floor = {"mean": 0.01, "std": 0.0, "repeats": 1}
+    results.references = {
+        "8gauss-8gauss": {"exact_ot": 1.0, "floor_forward": floor, "floor_backward": floor}
+    }
+    for method, cost, mmd in (("symot", symot_cost, symot_mmd), ("single-mmd", rival_cost, 0.01), ("swot", rival_cost, 0.01)):
+        metrics = {"cost_forward": cost, "cost_backward": cost, "mmd_forward": mmd, "mmd_backward": mmd}
+        results.runs.append({"pair": "8gauss-8gauss", "method": method, "beta": 0.1, "metrics": metrics})
+    return results
+
+
+def test_check_criteria_all_pass():
+    checks = check_criteria(_fake_results(symot_cost=1.05, rival_cost=1.5, symot_mmd=0.02))
+
+    assert len(checks) == 2 * 4
+    assert all(check.passed for check in checks)
+
+
+def test_check_criteria_reports_misses():
+    checks = check_criteria(_fake_results(symot_cost=1.2, rival_cost=1.1, symot_mmd=0.05))
+
+    missed = {(check.criterion, check.direction) for check in checks if check.passed is False}
+    assert ("cost below single MMD", "forward") in missed
+    assert ("cost within 10 % of exact OT", "backward") in missed
+    assert ("MMD within 3x noise floor", "forward") in missed
+
+
+def test_page_names_command_and_misses(tmp_path):
+    results = _fake_results(symot_cost=1.2, rival_cost=1.1, symot_mmd=0.05)
+    checks = check_criteria(results)
+
+    page = render_page(results, checks, "symot-med toy --steps 4", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert page.splitlines()[0].startswith("Generated by `symot-med toy --steps 4`")
+    assert "**MISS**" in page
+    assert "0 of 8 checks pass, 8 miss" in page
+
+
+@pytest.mark.slow
+def test_run_toy_two_workers_matches_one():
+    jobs = plan_jobs(["gauss-gauss"], ["symot", "one-direction"], TINY, n_points=64)
+
+    inline = run_toy(jobs, workers=1, floor_repeats=1, progress=False)
+    pooled = run_toy(jobs, workers=2, floor_repeats=1, progress=False)
+
+    for first, second in zip(inline.runs, pooled.runs):
+        assert first["method"] == second["method"]
+        np.testing.assert_array_equal(first["t_x"], second["t_x"])
+    assert inline.references == pooled.references
+
+
+def test_toy_command_writes_page_and_files(tmp_path):
+    out = tmp_path / "toy"
+    arguments = [
+        "toy", "--out", str(out), "--pairs", "gauss-gauss", "--methods", "symot", "single-mmd",
+        "--steps", "3", "--n-points", "200", "--workers", "1", "--quiet",
+    ]
+
+    assert main(arguments) == 0
+
+    page = (tmp_path / "toy.md").read_text()
+    assert page.splitlines()[0].startswith(
+        "Generated by `symot-med toy --out " + str(out) + " --pairs gauss-gauss --methods symot single-mmd "
+        "--steps 3 --n-points 200 --workers 1`"
+    )
+    document = json.loads((out / "results.json").read_text())
+    assert [run["method"] for run in document["runs"]] == ["symot", "single-mmd"]
+    assert document["sweep"] == []
+    for name in ("runs.csv", "gauss-gauss.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_write_outputs_with_sweep(tmp_path):
+    results = _fake_results(symot_cost=1.05, rival_cost=1.5, symot_mmd=0.02)
+    x = draw("8gauss-8gauss", "source", 64, seed=0)
+    z = draw("8gauss-8gauss", "target", 64, seed=0)
+    for run in results.runs:
+        run.update(t_x=x + 1.0, t_inv_z=z - 1.0, history=[], seconds=0.0)
+    metrics = {"cost_forward": 2.0, "cost_backward": 3.0, "mmd_forward": 0.1, "mmd_backward": 0.2}
+    results.sweep = [
+        {"pair": "8gauss-8gauss", "method": "symot", "beta": beta, "metrics": metrics, "t_x": x, "t_inv_z": z}
+        for beta in (1e-3, 0.1)
+    ]
+
+    written = write_outputs(results, tmp_path / "toy", tmp_path / "toy.md", "symot-med toy --beta-sweep")
+
+    sweep_rows = (tmp_path / "toy" / "beta_sweep.csv").read_text().splitlines()
+    assert len(sweep_rows) == 3
+    # total = 0.1 + 0.2 + beta (2 + 3)
+    assert float(sweep_rows[2].split(",")[-1]) == pytest.approx(0.3 + 0.1 * 5.0)
+    assert written["sweep_png"].stat().st_size > 0
+    assert "## Beta sweep" in (tmp_path / "toy.md").read_text()
