@@ -85,7 +85,7 @@ def run_toy_command(args: argparse.Namespace) -> int:
         "On a shared machine the wall time is an upper bound; benchmarks/README.md has the timing record."
     )
     written = write_outputs(results, args.out, page, command, timing_note=timing)
-    print(f"wrote {written['page']} and the files in {args.out}")
+    logger.info("wrote %s and the files in %s", written["page"], args.out)
     return 0
 
 
