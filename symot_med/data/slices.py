@@ -12,6 +12,7 @@ interrupted ``prepare`` resumes at the first case without a JSON file.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,8 @@ def build_slice_cache(
         "test_fraction": test_fraction,
     }
     settings_path = out_dir / "settings.json"
-    if settings_path.exists() and read_json(settings_path) != settings:
+    # Compare as JSON, because tuples in the settings read back as lists.
+    if settings_path.exists() and read_json(settings_path) != json.loads(json.dumps(settings)):
         raise ValueError(
             f"{out_dir} holds a slice cache made with other settings ({settings_path}); "
             "choose an empty folder or delete that cache"
