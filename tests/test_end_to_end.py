@@ -199,3 +199,22 @@ def test_output_inside_input_folder_rejected(trained, tmp_path, capsys):
 def test_debug_shows_traceback(tmp_path):
     with pytest.raises(Exception, match="no case folders found"):
         main(["prepare", "--data", str(tmp_path), "--pair", "t1t2", "--out", str(tmp_path / "c"), "--debug"])
+
+
+def test_prepare_reruns_in_same_folder(trained):
+    """A second prepare with the same settings resumes instead of rejecting its own cache."""
+    pair = get_pair("t1t2")
+    cache_dir = trained["root"] / "t1t2" / "cache"
+    before = SliceCache.open(cache_dir).case_ids("train")
+
+    prepare(trained["cohort"]["brats"], pair, PROFILES["t1t2"], cache_dir, seed=0, test_fraction=0.34, progress=False)
+
+    assert SliceCache.open(cache_dir).case_ids("train") == before
+
+
+def test_prepare_rejects_other_settings(trained):
+    pair = get_pair("t1t2")
+    cache_dir = trained["root"] / "t1t2" / "cache"
+
+    with pytest.raises(ValueError, match="already contains a slice cache made with other settings"):
+        prepare(trained["cohort"]["brats"], pair, PROFILES["t1t2"], cache_dir, seed=5, test_fraction=0.34, progress=False)

@@ -28,7 +28,7 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class LayoutSpec:
-    """How one layout names its case folders and files.
+    """Naming rules of one layout for its case folders and files.
 
     Attributes:
         name: layout name used in manifests.
@@ -205,8 +205,8 @@ def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, ch
         Cases sorted by id.
 
     Raises:
-        LayoutError: ``root`` is missing, holds no case folder of a known layout, mixes
-            layouts, or a case lacks a required modality or holds a file that is not NIfTI.
+        LayoutError: ``root`` is missing, contains no case folder of a known layout, mixes
+            layouts, or a case lacks a required modality or contains a file that is not NIfTI.
     """
     root = Path(root)
     if not root.exists():

@@ -61,7 +61,7 @@ def kept_slice_indices(mask: np.ndarray, min_foreground: float) -> list[int]:
 
 
 def preprocessing_steps(profile: Profile) -> list[dict]:
-    """The preprocessing steps with their parameters, as recorded in the manifest."""
+    """Return the preprocessing steps with their parameters, as recorded in the manifest."""
     return [
         {"step": "LoadImaged", "reader": "NibabelReader"},
         {"step": "EnsureChannelFirstd"},
@@ -117,7 +117,7 @@ def build_slice_cache(
 ) -> Path:
     """Preprocess every case of ``pair`` under ``root`` into a slice cache; return the manifest path.
 
-    Resumes an interrupted run in the same ``out_dir``; raises ValueError when ``out_dir`` holds
+    Resumes an interrupted run in the same ``out_dir``; raises ValueError when ``out_dir`` contains
     a cache made with another pair, profile, split seed or data folder.
     """
     root = Path(root).resolve()
@@ -136,7 +136,7 @@ def build_slice_cache(
     # Compare as JSON, because tuples in the settings read back as lists.
     if settings_path.exists() and read_json(settings_path) != json.loads(json.dumps(settings)):
         raise ValueError(
-            f"{out_dir} holds a slice cache made with other settings ({settings_path}); "
+            f"{out_dir} already contains a slice cache made with other settings ({settings_path}); "
             "choose an empty folder or delete that cache"
         )
     write_json(settings_path, settings)

@@ -185,7 +185,7 @@ def build_preprocessing(modality: str, profile: Profile, with_mask_file: bool) -
 
 @dataclass
 class GridRecord:
-    """What preprocessing did to one volume, enough to undo it.
+    """Record of the preprocessing of one volume, enough to undo it.
 
     Attributes:
         modality: canonical modality of the volume.
@@ -216,7 +216,7 @@ class GridRecord:
 @dataclass
 class PreprocessedVolume:
     """A preprocessed volume: ``image`` and ``mask`` are (H, W, D) float32 arrays in RAS order,
-    the image normalised to [0, 1]; ``record`` says how to undo it."""
+    the image normalised to [0, 1]; ``record`` stores how to undo it."""
 
     image: np.ndarray
     mask: np.ndarray
