@@ -169,6 +169,21 @@ def test_page_names_command_and_misses(tmp_path):
     assert "0 of 8 checks pass, 8 miss" in page
 
 
+def test_run_toy_trains_repeated_job_once():
+    jobs = plan_jobs(
+        ["gauss-gauss"], ["symot"], TINY, n_points=64, sweep_pair="gauss-gauss", sweep_betas=(0.5, 2.0),
+        pair_betas={"gauss-gauss": 0.5},
+    )
+
+    results = run_toy(jobs, workers=1, floor_repeats=1, progress=False)
+
+    assert [run["purpose"] for run in results.runs] == ["table"]
+    assert [run["beta"] for run in results.sweep] == [0.5, 2.0]
+    assert results.sweep[0]["purpose"] == "sweep"
+    np.testing.assert_array_equal(results.sweep[0]["t_x"], results.runs[0]["t_x"])
+    assert not np.array_equal(results.sweep[1]["t_x"], results.runs[0]["t_x"])
+
+
 @pytest.mark.slow
 def test_run_toy_two_workers_matches_one():
     jobs = plan_jobs(["gauss-gauss"], ["symot", "one-direction"], TINY, n_points=64)

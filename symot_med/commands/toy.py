@@ -78,9 +78,10 @@ def run_toy_command(args: argparse.Namespace) -> int:
     cpu_start = _children_cpu_seconds() + time.process_time()
     results = run_toy(jobs, workers=args.workers, progress=not args.quiet)
     cpu_seconds = _children_cpu_seconds() + time.process_time() - cpu_start
+    distinct_runs = len({(job.pair, job.method, job.beta) for job in jobs})
     timing = (
         f"{time.perf_counter() - start:.0f} s wall clock and {cpu_seconds:.0f} s CPU time (all processes) for "
-        f"{len(jobs)} training runs with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
+        f"{distinct_runs} training runs with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
         f"({platform.machine()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. "
         "On a shared machine the wall time is an upper bound; benchmarks/README.md has the timing record."
     )
