@@ -3,11 +3,16 @@
 volume -> MONAI preprocessing -> axial slices (B, 1, H, W) -> VQ-VAE-2 latents -> T or T^-1
 -> decode -> restack (H, W, D) -> de-normalise to the output modality's units -> resample onto
 the input's grid -> NIfTI with the input's shape, affine and header.
+
+Everything except the slice step is shared: ``translate_volume_with`` runs the volume path for
+any function from normalised slices to normalised slices, so the baselines in
+``symot_med.baselines`` write their volumes exactly as ``Translator`` does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from symot_med.bundle.network import TranslationNetwork
 from symot_med.config import Direction, Pair, Profile, get_pair
 from symot_med.data.layouts import match_layout
 from symot_med.data.transforms import (
@@ -96,7 +102,117 @@ def read_model_card(model_dir: str | Path) -> dict:
     return read_json(card_path)
 
 
-class Translator:
+SliceFunction = Callable[[np.ndarray], np.ndarray]
+"""Translation of normalised slices: (B, 1, H, W) float32 in [0, 1] to the same shape and range."""
+
+
+def translate_volume_with(
+    translate_slices: SliceFunction,
+    image_path: str | Path,
+    input_modality: str,
+    output_modality: str,
+    profile: Profile,
+    output_scale: IntensityScale,
+    mask_path: str | Path | None = None,
+) -> TranslatedVolume:
+    """Translate one volume slice by slice with any slice function, back onto the input's grid.
+
+    The volume goes through the same MONAI preprocessing as the training slices, and the axial
+    slices that touch the mask are passed to ``translate_slices``. The result is restacked and
+    de-normalised with ``output_scale`` into the output modality's units. ``to_native`` then
+    resamples it onto the input's grid, and voxels outside the mask get the output modality's
+    background value.
+
+    Args:
+        translate_slices: maps (B, 1, H, W) float32 slices in [0, 1] to translated slices of the
+            same shape in [0, 1].
+        image_path: NIfTI file of ``input_modality``.
+        input_modality: modality of ``image_path``.
+        output_modality: modality written.
+        profile: preprocessing geometry the slice function was trained with.
+        output_scale: native scale of ``output_modality`` (the training cases' median).
+        mask_path: mask NIfTI; without one the mask is a threshold of the input.
+    """
+    image_path = Path(image_path)
+    volume = preprocess_volume(image_path, input_modality, profile, mask_path=mask_path)
+
+    # (H, W, D) -> (D, 1, H, W); only slices that touch the mask are translated.
+    slices = np.moveaxis(volume.image, 2, 0)[:, None]
+    touched = np.flatnonzero(volume.mask.reshape(-1, volume.mask.shape[2]).any(axis=0))
+    translated = np.zeros_like(slices)
+    if touched.size:
+        translated[touched] = translate_slices(np.ascontiguousarray(slices[touched]))
+    normalised = np.moveaxis(translated[:, 0], 0, 2) * volume.mask
+
+    background = background_value(output_modality)
+    native_units = output_scale.denormalise(normalised)
+    native_units[volume.mask < 0.5] = background
+    array = to_native(native_units, volume.record, fill=background)
+    native_mask = to_native(volume.mask, volume.record, fill=0.0, mode="nearest") > 0.5
+    array[~native_mask] = background
+
+    return TranslatedVolume(
+        array=cast_output(array, output_modality),
+        reference=nib.load(str(image_path)),
+        input_modality=input_modality,
+        output_modality=output_modality,
+    )
+
+
+def write_translated_volume(result: TranslatedVolume, image_path: str | Path, out_dir: str | Path) -> Path:
+    """Write ``result`` into ``out_dir`` under ``output_name`` and return the file written."""
+    image_path = Path(image_path)
+    out_path = Path(out_dir) / output_name(image_path, result.input_modality, result.output_modality)
+    save_nifti(out_path, result.array, result.reference)
+    logger.info("wrote %s", out_path)
+    return out_path
+
+
+class VolumeTranslator:
+    """Volume and file translation for any model that translates normalised slices.
+
+    Subclasses set ``pair``, ``profile`` and ``intensity`` (native scale per modality) and
+    implement ``translate_slices``; SyMOT-Flow and the baselines share everything else.
+    """
+
+    pair: Pair
+    profile: Profile
+    intensity: dict[str, IntensityScale]
+
+    def translate_slices(self, slices: np.ndarray, direction: Direction) -> np.ndarray:
+        raise NotImplementedError
+
+    def translate_volume(
+        self, image_path: str | Path, direction: Direction, mask_path: str | Path | None = None
+    ) -> TranslatedVolume:
+        """Translate one volume of the input modality of ``direction``."""
+        output_modality = self.pair.output_modality(direction)
+        return translate_volume_with(
+            lambda slices: self.translate_slices(slices, direction),
+            image_path,
+            self.pair.input_modality(direction),
+            output_modality,
+            self.profile,
+            self.intensity[output_modality],
+            mask_path=mask_path,
+        )
+
+    def translate_file(
+        self, image_path: str | Path, direction: Direction, out_dir: str | Path, mask_path: str | Path | None = None
+    ) -> Path:
+        """Translate ``image_path`` and write the result into ``out_dir``; return the file written."""
+        image_path = Path(image_path)
+        check_output_folder(Path(out_dir), [image_path])
+        result = self.translate_volume(image_path, direction, mask_path)
+        return write_translated_volume(result, image_path, out_dir)
+
+
+def profile_from_dict(values: dict) -> Profile:
+    """Rebuild a ``Profile`` from its JSON form (lists become tuples)."""
+    return Profile(**{**values, "spacing": tuple(values["spacing"]), "slice_size": tuple(values["slice_size"])})
+
+
+class Translator(VolumeTranslator):
     """Load a trained model folder (``model.json``, autoencoder and flow) and translate volumes.
 
     Args:
@@ -109,8 +225,7 @@ class Translator:
         card = read_model_card(model_dir)
 
         self.pair = get_pair(card["pair"])
-        self.profile = Profile(**{**card["profile"], "spacing": tuple(card["profile"]["spacing"]),
-                                  "slice_size": tuple(card["profile"]["slice_size"])})
+        self.profile = profile_from_dict(card["profile"])
         self.intensity = {m: IntensityScale(s["low"], s["high"]) for m, s in card["intensity"].items()}
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -128,58 +243,12 @@ class Translator:
         Returns:
             (B, 1, H, W) float32 translated slices, clipped to [0, 1].
         """
-        reverse = direction == "inverse"
+        network = TranslationNetwork(self.autoencoder, self.flow, direction)
         outputs = []
         for start in range(0, len(slices), self.batch_size):
             x = torch.from_numpy(slices[start : start + self.batch_size]).to(self.device)
-            latents = self.autoencoder.latents(x, quantized=True)
-            mapped = self.flow(latents, rev=reverse)
-            outputs.append(self.autoencoder.decode(*mapped).clamp(0.0, 1.0).cpu().numpy())
+            outputs.append(network(x).cpu().numpy())
         return np.concatenate(outputs, axis=0) if outputs else np.zeros_like(slices)
-
-    def translate_volume(
-        self, image_path: str | Path, direction: Direction, mask_path: str | Path | None = None
-    ) -> TranslatedVolume:
-        """Translate one volume of the input modality of ``direction``."""
-        image_path = Path(image_path)
-        input_modality = self.pair.input_modality(direction)
-        output_modality = self.pair.output_modality(direction)
-        volume = preprocess_volume(image_path, input_modality, self.profile, mask_path=mask_path)
-
-        # (H, W, D) -> (D, 1, H, W); only slices that touch the mask are translated.
-        slices = np.moveaxis(volume.image, 2, 0)[:, None]
-        touched = np.flatnonzero(volume.mask.reshape(-1, volume.mask.shape[2]).any(axis=0))
-        translated = np.zeros_like(slices)
-        if touched.size:
-            translated[touched] = self.translate_slices(np.ascontiguousarray(slices[touched]), direction)
-        normalised = np.moveaxis(translated[:, 0], 0, 2) * volume.mask
-
-        background = background_value(output_modality)
-        native_units = self.intensity[output_modality].denormalise(normalised)
-        native_units[volume.mask < 0.5] = background
-        array = to_native(native_units, volume.record, fill=background)
-        native_mask = to_native(volume.mask, volume.record, fill=0.0, mode="nearest") > 0.5
-        array[~native_mask] = background
-
-        return TranslatedVolume(
-            array=cast_output(array, output_modality),
-            reference=nib.load(str(image_path)),
-            input_modality=input_modality,
-            output_modality=output_modality,
-        )
-
-    def translate_file(
-        self, image_path: str | Path, direction: Direction, out_dir: str | Path, mask_path: str | Path | None = None
-    ) -> Path:
-        """Translate ``image_path`` and write the result into ``out_dir``; return the file written."""
-        image_path = Path(image_path)
-        out_dir = Path(out_dir)
-        check_output_folder(out_dir, [image_path])
-        result = self.translate_volume(image_path, direction, mask_path)
-        out_path = out_dir / output_name(image_path, result.input_modality, result.output_modality)
-        save_nifti(out_path, result.array, result.reference)
-        logger.info("wrote %s", out_path)
-        return out_path
 
 
 def cast_output(array: np.ndarray, modality: str) -> np.ndarray:
