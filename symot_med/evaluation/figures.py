@@ -1,4 +1,5 @@
-"""Figures of translated volumes: input | translated | ground truth on a few axial slices."""
+"""Figures of translated volumes: input | translated | ground truth on a few axial slices, and the
+method comparison with difference maps."""
 
 from __future__ import annotations
 
@@ -73,6 +74,84 @@ def translation_figure(rows: list[FigureRow], out_path: str | Path, slices_per_r
         axes[0, c].set_title(name)
     figure.tight_layout()
 
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    return out_path
+
+
+@dataclass
+class ComparisonRow:
+    """One direction of the comparison figure: normalised (X, Y, Z) RAS volumes of one subject.
+
+    Attributes:
+        title: row label, for example ``T1 -> T2 BraTS2021_00002``.
+        input: the input volume.
+        ground_truth: the ground truth of the output modality.
+        outputs: method label -> that method's output.
+        mask: boolean scoring mask; it picks the slice and the crop.
+        output_modality: selects the display window of the outputs (CT shows about -200 to 1200 HU).
+        input_modality: selects the display window of the input.
+    """
+
+    title: str
+    input: np.ndarray
+    ground_truth: np.ndarray
+    outputs: dict[str, np.ndarray]
+    mask: np.ndarray
+    output_modality: str
+    input_modality: str = "mr"
+
+
+# Display windows of normalised volumes. On the CT scale [-1024, 3000] HU -> [0, 1], -200 and
+# 1200 HU are 0.205 and 0.553.
+NORMALISED_WINDOWS = {"ct": (0.205, 0.553), "mr": (0.0, 1.0)}
+DIFFERENCE_MAX = 0.5
+
+
+def comparison_figure(rows: list[ComparisonRow], out_path: str | Path) -> Path:
+    """Plot, per direction, one axial slice of input | ground truth | each method's output, and
+    below it |output - ground truth| on a shared scale (0 to 0.5 of the normalised range).
+
+    Every method shows the same slice (the one with the largest mask area) and the same crop.
+    """
+    n_columns = 2 + max(len(row.outputs) for row in rows)
+    figure, axes = plt.subplots(2 * len(rows), n_columns, figsize=(1.9 * n_columns, 3.9 * len(rows)), squeeze=False)
+
+    for r, row in enumerate(rows):
+        k = int(np.argmax(row.mask.reshape(-1, row.mask.shape[2]).sum(axis=0)))
+        xs = np.flatnonzero(row.mask.any(axis=(1, 2)))
+        ys = np.flatnonzero(row.mask.any(axis=(0, 2)))
+        crop = (slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1), k)
+
+        low, high = NORMALISED_WINDOWS["ct" if row.output_modality == "ct" else "mr"]
+        input_window = NORMALISED_WINDOWS["ct" if row.input_modality == "ct" else "mr"]
+        panels = [("input", row.input, input_window), ("ground truth", row.ground_truth, (low, high))]
+        panels += [(label, volume, (low, high)) for label, volume in row.outputs.items()]
+        image_axes, difference_axes = axes[2 * r], axes[2 * r + 1]
+
+        for c in range(n_columns):
+            for ax in (image_axes[c], difference_axes[c]):
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(panels):
+                    ax.axis("off")
+        for c, (label, volume, (vmin, vmax)) in enumerate(panels):
+            image_axes[c].imshow(np.rot90(volume[crop]), cmap="gray", vmin=vmin, vmax=vmax)
+            image_axes[c].set_title(label, fontsize=8)
+            if c >= 2:
+                difference = np.abs(volume[crop] - row.ground_truth[crop])
+                difference_axes[c].imshow(np.rot90(difference), cmap="magma", vmin=0.0, vmax=DIFFERENCE_MAX)
+                difference_axes[c].set_title(f"|{label} - truth|", fontsize=7)
+            else:
+                difference_axes[c].axis("off")
+        image_axes[0].set_ylabel(f"{row.title}\nz={k}", fontsize=8)
+        image_axes[0].axis("on")
+        image_axes[0].set_xticks([])
+        image_axes[0].set_yticks([])
+
+    figure.tight_layout()
     out_path = Path(out_path)
     with atomic_path(out_path) as temporary:
         figure.savefig(temporary, dpi=90)
