@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--profile", choices=["demo", "paper"], default=None,
+                   help="training profile (default: the slice cache's profile); see symot_med/training/profiles.py")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON file overriding the profile's settings (sections autoencoder, vqvae2, flow)")
     add_device_option(p)
     add_common_options(p)
 
@@ -69,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
     p.add_argument("--beta", type=float, default=None, help="weight of the transport cost (default: the pair's)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--profile", choices=["demo", "paper"], default=None,
+                   help="training profile (default: the slice cache's profile); see symot_med/training/profiles.py")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON file overriding the profile's settings (sections autoencoder, vqvae2, flow)")
     add_device_option(p)
     add_common_options(p)
 
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
     p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: AETrainConfig.epochs)")
     p.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: FlowTrainConfig.epochs)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON file overriding the demo profile's training settings (sections autoencoder, vqvae2, flow)")
     add_device_option(p)
     add_common_options(p)
 
@@ -106,6 +116,16 @@ def _register_command_modules(commands: argparse._SubParsersAction) -> None:
 def _override(config, **values):
     """Return a copy of dataclass ``config`` with the non-None ``values`` replaced."""
     return type(config)(**{**asdict(config), **{k: v for k, v in values.items() if v is not None}})
+
+
+def _training_settings(args: argparse.Namespace):
+    """Training settings of ``--profile`` (default: the cache's profile) and ``--config``."""
+    from symot_med.data.slices import SliceCache
+    from symot_med.training.profiles import training_settings
+
+    manifest = SliceCache.open(args.cache).manifest
+    profile = args.profile or manifest["profile"]["name"]
+    return training_settings(profile, get_pair(manifest["pair"]), args.config)
 
 
 def _autoencoder_file(path: Path) -> Path:
@@ -158,22 +178,20 @@ def run(args: argparse.Namespace) -> int:
         prepare(args.data, pair, profile, args.out, args.seed, args.test_fraction, progress)
 
     elif args.command == "train-ae":
-        from symot_med.models.vqvae2 import VQVAE2Config
         from symot_med.pipeline.stages import train_ae_stage
-        from symot_med.training.autoencoder import AETrainConfig
 
-        config = _override(AETrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-        logger.info("autoencoder settings: %s", asdict(config))
-        train_ae_stage(args.cache, args.out, config, VQVAE2Config(), args.device, progress)
+        settings = _training_settings(args)
+        config = _override(settings.autoencoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        logger.info("autoencoder settings: %s, model %s", asdict(config), asdict(settings.vqvae2))
+        train_ae_stage(args.cache, args.out, config, settings.vqvae2, args.device, progress)
 
     elif args.command == "train-flow":
         from symot_med.data.slices import SliceCache
         from symot_med.pipeline.stages import train_flow_stage
-        from symot_med.training.flow import FlowTrainConfig
 
         pair = get_pair(SliceCache.open(args.cache).manifest["pair"])
-        beta = args.beta if args.beta is not None else pair.beta
-        config = _override(FlowTrainConfig(), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=beta, seed=args.seed)
+        settings = _training_settings(args)
+        config = _override(settings.flow, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta, seed=args.seed)
         logger.info("flow settings: %s", asdict(config))
         train_flow_stage(args.cache, _autoencoder_file(args.autoencoder), args.out, pair, config, args.device, progress)
 
@@ -192,6 +210,18 @@ def run(args: argparse.Namespace) -> int:
         from symot_med.pipeline.demo import DemoSettings, run_demo
 
         settings = DemoSettings(seed=args.seed, subjects=args.subjects, device=args.device)
+        if args.config is not None:
+            from symot_med.training.profiles import read_config_file
+
+            sections = read_config_file(args.config)
+            if "beta" in sections.get("flow", {}):
+                raise ValueError(
+                    f"config file {args.config}: the demo trains each pair with its own beta "
+                    "(1e-5 for t1t2, 1e-3 for ctmr); remove flow.beta, or set beta with `symot-med train-flow`"
+                )
+            settings.autoencoder = _override(settings.autoencoder, **sections.get("autoencoder", {}))
+            settings.model = _override(settings.model, **sections.get("vqvae2", {}))
+            settings.flow = _override(settings.flow, **sections.get("flow", {}))
         settings.autoencoder = _override(settings.autoencoder, epochs=args.ae_epochs, seed=args.seed)
         settings.flow = _override(settings.flow, epochs=args.flow_epochs, seed=args.seed)
         metrics = run_demo(args.out, settings, progress=progress)
@@ -206,13 +236,18 @@ def _log_demo_summary(metrics: dict, out_dir: Path) -> None:
     for name, result in metrics["directions"].items():
         mean = result["mean"]
         logger.info(
-            "%-10s SSIM %.3f (identity %.3f)  PSNR %.2f dB (identity %.2f dB)",
+            "%-10s SSIM %.3f (histogram matching %.3f, identity %.3f)  PSNR %.2f dB (%.2f, %.2f dB)",
             name,
             mean["translated"]["ssim"],
+            mean["histogram_matching"]["ssim"],
             mean["identity"]["ssim"],
             mean["translated"]["psnr"],
+            mean["histogram_matching"]["psnr"],
             mean["identity"]["psnr"],
         )
+    for pair_name, per_modality in metrics["autoencoder"].items():
+        for modality, scores in per_modality.items():
+            logger.info("autoencoder %s %s: held-out SSIM %.3f, PSNR %.2f dB", pair_name, modality, scores["ssim"], scores["psnr"])
     logger.info("demo outputs in %s (metrics.json, translations.png, translated/)", out_dir)
 
 

@@ -12,12 +12,15 @@ from symot_med.device import resolve_device
 from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.training import autoencoder as autoencoder_module
+from symot_med.training import flow as flow_module
+from symot_med.training.ema import WeightAverage
 from symot_med.training.autoencoder import AETrainConfig, load_autoencoder, train_autoencoder
 from symot_med.training.checkpoints import load_checkpoint, save_checkpoint
 from symot_med.training.flow import (
     FlowTrainConfig,
     _epoch_batches,
     encode_slices,
+    learning_rate,
     load_flow,
     train_flow,
 )
@@ -264,21 +267,72 @@ def test_train_flow_writes_outputs_and_inverts(tmp_path, tiny_autoencoder):
         torch.testing.assert_close(back, original, rtol=0, atol=1e-4, msg=f"level {level}")
 
 
-def test_train_flow_resume_matches_uninterrupted(tmp_path, tiny_autoencoder):
+def test_train_flow_resume_matches_uninterrupted(tmp_path, tiny_autoencoder, monkeypatch):
     model = load_autoencoder(tiny_autoencoder)
     x_slices, z_slices = blob_slices(12, seed=4), blob_slices(10, seed=5, contrast=0.6)
     whole = load_flow(train_flow(model, x_slices, z_slices, tmp_path / "whole", TINY_FLOW, "cpu", False))
 
-    first = FlowTrainConfig(**{**TINY_FLOW.__dict__, "epochs": 1})
-    train_flow(model, x_slices, z_slices, tmp_path / "split", first, "cpu", False)
-    # Pretend the one-epoch run was the first epoch of a two-epoch run that stopped there.
-    record = load_checkpoint(tmp_path / "split" / "last.pt")
-    record["train_config"]["epochs"] = TINY_FLOW.epochs
-    save_checkpoint(tmp_path / "split" / "last.pt", record)
+    # Interrupt the second run at the start of epoch 2, after last.pt of epoch 1 is written.
+    train_epoch = flow_module._train_epoch
+    calls = []
+
+    def train_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Interrupt
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(flow_module, "_train_epoch", train_then_fail)
+    with pytest.raises(_Interrupt):
+        train_flow(model, x_slices, z_slices, tmp_path / "split", TINY_FLOW, "cpu", False)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "split" / "flow.pt").exists()
+    monkeypatch.setattr(flow_module, "_train_epoch", train_epoch)
+
     resumed = load_flow(train_flow(model, x_slices, z_slices, tmp_path / "split", TINY_FLOW, "cpu", False))
 
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_learning_rate_cosine_ends_at_final_fraction():
+    config = FlowTrainConfig(epochs=2, lr=1e-3, final_lr_fraction=0.1)
+    assert learning_rate(config, 0, 11) == pytest.approx(1e-3)
+    assert learning_rate(config, 5, 11) == pytest.approx(0.55e-3)
+    assert learning_rate(config, 10, 11) == pytest.approx(1e-4)
+    constant = FlowTrainConfig(lr_schedule="constant", lr=1e-3)
+    assert learning_rate(constant, 7, 11) == 1e-3
+
+
+def test_weight_average_follows_hand_computed_average():
+    network = torch.nn.Linear(1, 1, bias=False)
+    average = WeightAverage(network, decay=0.5)
+    expected = network.weight.detach().item()
+    for step, value in enumerate([1.0, 2.0, 3.0]):
+        with torch.no_grad():
+            network.weight.fill_(value)
+        average.update(network)
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * value
+    assert average.averaged.weight.item() == pytest.approx(expected)
+    assert network.weight.detach().item() == 3.0
+
+
+def test_flow_checkpoint_records_round_trip_on_latents(tmp_path, tiny_autoencoder):
+    model = load_autoencoder(tiny_autoencoder)
+    x_slices, z_slices = blob_slices(12, seed=4), blob_slices(10, seed=5, contrast=0.6)
+    path = train_flow(model, x_slices, z_slices, tmp_path, TINY_FLOW, "cpu", False)
+
+    record = load_checkpoint(path)
+    assert set(record["round_trip"]) == {"forward_then_inverse", "inverse_then_forward"}
+    assert max(record["round_trip"].values()) < 1e-4
+
+    # Recompute independently with the loaded flow on the real latents.
+    flow = load_flow(path)
+    z = encode_slices(model, z_slices, device="cpu")
+    with torch.no_grad():
+        back = flow(flow(z, rev=True))
+    assert max(float((a - b).abs().max()) for a, b in zip(back, z)) < 1e-4
 
 
 def test_train_flow_rejects_batch_above_slice_count(tmp_path, tiny_autoencoder):

@@ -45,6 +45,9 @@ class TranslationNetwork(nn.Module):
         source_intensity: (low, high) native values of the source modality that normalisation
             maps to 0 and 1; NaN when unknown.
         target_intensity: the same for the target modality.
+        quantized_inputs: snap the encoder's latent maps to the codebooks before the flow, as
+            for a flow trained with ``FlowTrainConfig.latents = "quantized"``.
+        snap_outputs: snap the flow's outputs to the codebooks before decoding.
     """
 
     def __init__(
@@ -54,6 +57,8 @@ class TranslationNetwork(nn.Module):
         direction: Direction = "forward",
         source_intensity: Sequence[float] | None = None,
         target_intensity: Sequence[float] | None = None,
+        quantized_inputs: bool = True,
+        snap_outputs: bool = False,
     ) -> None:
         super().__init__()
         if direction not in DIRECTIONS:
@@ -66,18 +71,20 @@ class TranslationNetwork(nn.Module):
         self.autoencoder = autoencoder
         self.flow = flow
         self.direction = direction
+        self.quantized_inputs = bool(quantized_inputs)
+        self.snap_outputs = bool(snap_outputs)
         self.register_buffer("source_intensity", _scale_tensor("source_intensity", source_intensity))
         self.register_buffer("target_intensity", _scale_tensor("target_intensity", target_intensity))
 
     def forward(self, x: Tensor) -> Tensor:
         """Translate slices ``x`` (B, 1, H, W) normalised to [0, 1]; return (B, 1, H, W) in [0, 1].
 
-        H and W must be the slice size the flow was built for. The latent maps are snapped to the
-        codebooks, which carries no gradient, so call this under ``torch.no_grad()``.
+        H and W must be the slice size the flow was built for. Snapping to the codebooks carries
+        no gradient, so call this under ``torch.no_grad()``.
         """
-        latents = self.autoencoder.latents(x, quantized=True)
+        latents = self.autoencoder.latents(x, quantized=self.quantized_inputs)
         mapped = self.flow(latents, rev=self.direction == "inverse")
-        return self.autoencoder.decode(*mapped).clamp(0.0, 1.0)
+        return self.autoencoder.decode(*mapped, snap=self.snap_outputs).clamp(0.0, 1.0)
 
     def set_intensity(self, source: IntensityScale, target: IntensityScale) -> None:
         """Store the native intensity scales of the two modalities' training data."""

@@ -34,6 +34,7 @@ from symot_med.data.transforms import (
 from symot_med.device import resolve_device
 from symot_med.io import read_json, save_nifti, write_json
 from symot_med.training.autoencoder import load_autoencoder
+from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import load_flow
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,8 @@ class Translator(VolumeTranslator):
         self.batch_size = batch_size
         self.autoencoder = load_autoencoder(card["autoencoder"], device=self.device).eval()
         self.flow = load_flow(card["flow"], device=self.device).eval()
+        flow_settings = load_checkpoint(card["flow"]).get("train_config", {})
+        self.quantized_inputs = flow_settings.get("latents", "quantized") == "quantized"
 
     @torch.no_grad()
     def translate_slices(self, slices: np.ndarray, direction: Direction) -> np.ndarray:
@@ -243,7 +246,7 @@ class Translator(VolumeTranslator):
         Returns:
             (B, 1, H, W) float32 translated slices, clipped to [0, 1].
         """
-        network = TranslationNetwork(self.autoencoder, self.flow, direction)
+        network = TranslationNetwork(self.autoencoder, self.flow, direction, quantized_inputs=self.quantized_inputs)
         outputs = []
         for start in range(0, len(slices), self.batch_size):
             x = torch.from_numpy(slices[start : start + self.batch_size]).to(self.device)

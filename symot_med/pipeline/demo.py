@@ -4,9 +4,13 @@ OUT/cohort                       demo cohort (BraTS-2021 and SynthRAD2023 layout
 OUT/<pair>/cache                 slice cache
 OUT/<pair>/autoencoder           VQ-VAE-2 checkpoints and history
 OUT/<pair>/flow                  flow checkpoints, history and model.json
+OUT/<pair>/histogram             histogram-matching floor fitted on the training slices
 OUT/translated/<in>_to_<out>/    translated NIfTI of every held-out subject
-OUT/metrics.json                 SSIM and PSNR per direction and subject, with the identity baseline
-OUT/summary.md                   the same means as a markdown table, with stage timings
+OUT/floors/histogram_matching/   the floor's NIfTI outputs, same layout
+OUT/metrics.json                 SSIM and PSNR per direction and subject, with the floors
+                                 (identity, histogram matching), the autoencoder's reconstruction
+                                 scores on the held-out subjects and the flow's round trip
+OUT/summary.md                   the same means as markdown tables, with stage timings
 OUT/translations.png             input | translated | ground truth
 OUT/settings.json                the resolved settings
 
@@ -27,18 +31,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from symot_med.baselines.networks import NetworkConfig
+from symot_med.baselines.training import BaselineTrainConfig, train_baseline_stage
+from symot_med.baselines.translate import BaselineTranslator
 from symot_med.config import DIRECTIONS, PAIRS, Pair, get_profile
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
 from symot_med.data.transforms import threshold_mask
 from symot_med.evaluation.figures import FigureRow, translation_figure
 from symot_med.evaluation.metrics import score_volume
-from symot_med.inference.translate import Translator
+from symot_med.inference.translate import Translator, VolumeTranslator
 from symot_med.io import atomic_path, write_json
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
-from symot_med.training.autoencoder import AETrainConfig
+from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, load_autoencoder
+from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import FlowTrainConfig
+
+# Methods scored in every direction: the model and the two floors.
+METHODS = ("translated", "histogram_matching", "identity")
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +88,23 @@ def _case_files(cache: SliceCache, case_id: str, pair: Pair) -> dict:
 
 
 def evaluate_direction(
-    translator: Translator, cache: SliceCache, pair: Pair, direction: str, out_dir: Path, progress: bool
+    translator: Translator,
+    floor: VolumeTranslator,
+    cache: SliceCache,
+    pair: Pair,
+    direction: str,
+    out_dirs: dict[str, Path],
+    progress: bool,
 ) -> tuple[dict, list[Path]]:
-    """Translate every held-out case in ``direction`` and score it and the identity baseline."""
+    """Translate every held-out case in ``direction`` with the model and the histogram-matching
+    ``floor``, and score both and the identity (the input scored as the output).
+
+    Args:
+        out_dirs: output folder per written method (``translated``, ``histogram_matching``).
+
+    Returns:
+        The direction's scores (per case and mean per method) and the model's written files.
+    """
     input_modality = pair.input_modality(direction)
     output_modality = pair.output_modality(direction)
     per_case = {}
@@ -88,27 +113,48 @@ def evaluate_direction(
     test_ids = cache.case_ids("test")
     for case_id in tqdm(test_ids, desc=f"translate {input_modality}->{output_modality}", unit="case", disable=not progress):
         files = _case_files(cache, case_id, pair)
-        out_path = translator.translate_file(files[input_modality], direction, out_dir, mask_path=files["mask"])
+        out_path = translator.translate_file(files[input_modality], direction, out_dirs["translated"], mask_path=files["mask"])
+        floor_path = floor.translate_file(files[input_modality], direction, out_dirs["histogram_matching"], mask_path=files["mask"])
         written.append(out_path)
 
         mask = _ground_truth_mask(files, output_modality)
         ground_truth = np.asarray(nib.load(files[output_modality]).get_fdata(), dtype=np.float32)
-        translated = np.asarray(nib.load(str(out_path)).get_fdata(), dtype=np.float32)
+        outputs = {
+            "translated": np.asarray(nib.load(str(out_path)).get_fdata(), dtype=np.float32),
+            "histogram_matching": np.asarray(nib.load(str(floor_path)).get_fdata(), dtype=np.float32),
+        }
         identity = np.asarray(nib.load(files[input_modality]).get_fdata(), dtype=np.float32)
 
         per_case[case_id] = {
-            "translated": score_volume(ground_truth, translated, mask, output_modality),
-            "identity": score_volume(ground_truth, identity, mask, output_modality, input_modality),
+            method: score_volume(ground_truth, output, mask, output_modality) for method, output in outputs.items()
         }
+        per_case[case_id]["identity"] = score_volume(ground_truth, identity, mask, output_modality, input_modality)
 
     summary = {
         method: {
             metric: float(np.mean([c[method][metric] for c in per_case.values()]))
             for metric in ("ssim", "psnr")
         }
-        for method in ("translated", "identity")
+        for method in METHODS
     }
     return {"input": input_modality, "output": output_modality, "mean": summary, "cases": per_case}, written
+
+
+def autoencoder_scores(autoencoder_path: Path, cache: SliceCache, device: str) -> dict[str, dict[str, float]]:
+    """Reconstruction scores of the autoencoder on the held-out subjects' slices, per modality.
+
+    Returns:
+        ``{modality: {"ssim": ..., "psnr": ..., "slices": N}}``: 2D SSIM (Gaussian window of 11
+        pixels, sigma 1.5) and PSNR in dB on whole normalised slices with data range 1, through
+        the codebooks, averaged over the modality's held-out slices.
+    """
+    model = load_autoencoder(autoencoder_path)
+    scores = {}
+    for modality in cache.manifest["intensity"]:
+        slices = torch.from_numpy(cache.slices(modality, "test"))
+        record = evaluate_autoencoder(model, slices, batch_size=64, device=next(model.parameters()).device)
+        scores[modality] = {"ssim": record["val_ssim"], "psnr": record["val_psnr"], "slices": int(slices.shape[0])}
+    return scores
 
 
 def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True) -> dict:
@@ -123,7 +169,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True)
     cohort = generate_demo_cohort(out_dir / "cohort", seed=settings.seed, n_subjects=settings.subjects, progress=progress)
     timings["demo_data"] = time.perf_counter() - start
 
-    metrics: dict = {"directions": {}, "settings": settings.to_dict()}
+    metrics: dict = {"directions": {}, "autoencoder": {}, "flow": {}, "settings": settings.to_dict()}
     figure_rows = []
     for pair_name in settings.pairs:
         pair = PAIRS[pair_name]
@@ -144,11 +190,24 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True)
         timings[f"{pair.name}_train_flow"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        translator = Translator(model_dir, device=settings.device)
+        floor_dir = train_baseline_stage(
+            "histogram", cache_dir, run_dir / "histogram", BaselineTrainConfig(), NetworkConfig(), settings.device, progress
+        )
+        timings[f"{pair.name}_fit_histogram_matching"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         cache = SliceCache.open(cache_dir)
+        metrics["autoencoder"][pair.name] = autoencoder_scores(autoencoder, cache, settings.device)
+        metrics["flow"][pair.name] = {"round_trip": load_checkpoint(Path(model_dir) / "flow.pt")["round_trip"]}
+        translator = Translator(model_dir, device=settings.device)
+        floor = BaselineTranslator(floor_dir, device=settings.device)
         for direction in DIRECTIONS:
             name = f"{pair.input_modality(direction)}_to_{pair.output_modality(direction)}"
-            result, written = evaluate_direction(translator, cache, pair, direction, out_dir / "translated" / name, progress)
+            out_dirs = {
+                "translated": out_dir / "translated" / name,
+                "histogram_matching": out_dir / "floors" / "histogram_matching" / name,
+            }
+            result, written = evaluate_direction(translator, floor, cache, pair, direction, out_dirs, progress)
             metrics["directions"][name] = result
 
             case_id = cache.case_ids("test")[0]
@@ -180,17 +239,36 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True)
 
 
 def summary_markdown(metrics: dict) -> str:
-    """Markdown table of mean SSIM and PSNR per direction, with the identity baseline and timings."""
+    """Markdown tables: mean SSIM and PSNR per direction beside the floors, the autoencoder's
+    reconstruction scores, the flow's round trip, and the stage timings."""
     lines = [
-        "| direction | SSIM translated | SSIM identity | PSNR translated (dB) | PSNR identity (dB) | held-out subjects |",
-        "|---|---|---|---|---|---|",
+        "Translation of the held-out subjects (3D, inside the ground truth's mask, mean over subjects):",
+        "",
+        "| direction | SSIM translated | SSIM histogram matching | SSIM identity "
+        "| PSNR translated (dB) | PSNR histogram matching (dB) | PSNR identity (dB) | held-out subjects |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in metrics["directions"].items():
         mean = result["mean"]
-        lines.append(
-            f"| {name.replace('_to_', ' -> ')} | {mean['translated']['ssim']:.3f} | {mean['identity']['ssim']:.3f} "
-            f"| {mean['translated']['psnr']:.2f} | {mean['identity']['psnr']:.2f} | {len(result['cases'])} |"
-        )
+        ssim = " | ".join(f"{mean[method]['ssim']:.3f}" for method in METHODS)
+        psnr = " | ".join(f"{mean[method]['psnr']:.2f}" for method in METHODS)
+        lines.append(f"| {name.replace('_to_', ' -> ')} | {ssim} | {psnr} | {len(result['cases'])} |")
+
+    lines += [
+        "",
+        "Autoencoder reconstruction of the held-out subjects' slices (2D, whole slice, data range 1):",
+        "",
+        "| pair | modality | SSIM | PSNR (dB) | slices |",
+        "|---|---|---|---|---|",
+    ]
+    for pair_name, per_modality in metrics["autoencoder"].items():
+        for modality, scores in per_modality.items():
+            lines.append(f"| {pair_name} | {modality} | {scores['ssim']:.3f} | {scores['psnr']:.2f} | {scores['slices']} |")
+
+    lines += ["", "Flow round trip on training latents, max |T^-1(T(x)) - x| and max |T(T^-1(z)) - z|:", ""]
+    for pair_name, flow in metrics["flow"].items():
+        trip = flow["round_trip"]
+        lines.append(f"- {pair_name}: {trip['forward_then_inverse']:.2e} and {trip['inverse_then_forward']:.2e}")
 
     timings = metrics["timings_s"]
     total = sum(timings.values())

@@ -33,6 +33,7 @@ from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2
 from symot_med.training.autoencoder import check_slices
 from symot_med.training.checkpoints import check_versions, load_checkpoint, save_checkpoint, write_history
+from symot_med.training.ema import WeightAverage
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ FINAL_NAME = "flow.pt"
 LAST_NAME = "last.pt"
 HISTORY_NAME = "history.json"
 LOSS_TERMS = ("total", "mmd_forward", "mmd_inverse", "cost_forward", "cost_inverse")
+
+# Largest acceptable |T^-1(T(x)) - x| on real latents after training; larger values are logged
+# as a warning, because the flow would then not serve both directions.
+ROUND_TRIP_TOLERANCE = 1e-4
+# Latents per side used for the round-trip check.
+ROUND_TRIP_SAMPLES = 64
 
 # Relative tolerance when checking on resume that the latents are those of the interrupted run
 # (they are recomputed, and a different device may round differently).
@@ -58,9 +65,18 @@ class FlowTrainConfig:
     Attributes:
         epochs: passes; one pass is max(len(x), len(z)) // batch_size steps.
         batch_size: samples per side (x and z) per step; at most the smaller slice count.
-        lr: AdamW learning rate.
+        lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_schedule: ``"cosine"`` (half cosine per step from ``lr`` down to
+            ``lr * final_lr_fraction``) or ``"constant"``.
+        final_lr_fraction: learning rate at the last step of the cosine, as a fraction of ``lr``.
+        ema_decay: decay of the exponential moving average of the flow weights that ``flow.pt``
+            stores for inference, or 0 to store the trained weights themselves. The first steps
+            use min(ema_decay, (1 + t) / (10 + t)) at step t, so a short run is not dominated
+            by the initial weights.
         beta: weight of the transport cost against the MMD terms.
+        latents: flow inputs, ``"quantized"`` (snapped to the codebooks, the decoder's training
+            inputs) or ``"continuous"`` (the encoder's pre-quantisation maps).
         cost_over_dims: ``"mean"`` divides each squared distance |a - b|^2 by the latent
             size D, ``"sum"`` does not.
         n_blocks: invertible coupling blocks of the flow.
@@ -75,7 +91,11 @@ class FlowTrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    final_lr_fraction: float = 0.05
+    ema_decay: float = 0.999
     beta: float = 1e-5
+    latents: Literal["quantized", "continuous"] = "quantized"
     cost_over_dims: Literal["mean", "sum"] = "mean"
     n_blocks: int = 4
     hidden: int = 32
@@ -90,6 +110,15 @@ class FlowTrainConfig:
                 raise ValueError(f"FlowTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ValueError(f"FlowTrainConfig.batch_size must be >= 2 for the MMD, got {self.batch_size}")
+        if self.latents not in ("quantized", "continuous"):
+            raise ValueError(f"FlowTrainConfig.latents must be 'quantized' or 'continuous', got {self.latents!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"FlowTrainConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                "FlowTrainConfig needs final_lr_fraction in [0, 1] and ema_decay in [0, 1), got "
+                f"{self.final_lr_fraction} and {self.ema_decay}"
+            )
         if self.lr <= 0.0 or self.weight_decay < 0.0 or self.grad_clip < 0.0 or self.beta < 0.0:
             raise ValueError(
                 "FlowTrainConfig needs lr > 0 and weight_decay, grad_clip, beta >= 0, got "
@@ -115,8 +144,10 @@ def encode_slices(
     slices: np.ndarray,
     batch_size: int = 64,
     device: str | torch.device = "auto",
+    quantized: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Encode slices (N, 1, H, W) to quantised latent maps with a frozen autoencoder.
+    """Encode slices (N, 1, H, W) to latent maps with a frozen autoencoder, snapped to its
+    codebooks when ``quantized``.
 
     The autoencoder is moved to ``device`` and put in eval mode, so its codebooks do not change.
 
@@ -132,7 +163,7 @@ def encode_slices(
     tops, bottoms = [], []
     for start in range(0, slices.shape[0], batch_size):
         batch = torch.from_numpy(slices[start : start + batch_size]).to(device)
-        top, bottom = ae.latents(batch, quantized=True)
+        top, bottom = ae.latents(batch, quantized=quantized)
         tops.append(top.float().cpu())
         bottoms.append(bottom.float().cpu())
     return torch.cat(tops), torch.cat(bottoms)
@@ -146,17 +177,21 @@ def train_flow(
     config: FlowTrainConfig,
     device: str | torch.device = "auto",
     progress: bool = True,
+    target_ae: VQVAE2 | None = None,
 ) -> Path:
     """Train a ``LatentFlow`` from the source latents to the target latents; return ``flow.pt``.
 
     Args:
-        ae: trained autoencoder shared by both modalities; it stays frozen.
+        ae: trained autoencoder shared by both modalities (or the source modality's when
+            ``target_ae`` is given); it stays frozen.
         x_slices: source-modality training slices (N_x, 1, H, W), normalised.
         z_slices: target-modality training slices (N_z, 1, H, W), unpaired with ``x_slices``.
         out_dir: output folder; when it contains ``last.pt`` training resumes from it.
         config: optimisation, loss and architecture settings.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: show a tqdm progress bar per epoch.
+        target_ae: a separate autoencoder of the target modality, for studies of separate latent
+            spaces; ``Translator`` supports only the shared autoencoder.
 
     Raises:
         ValueError: for invalid arrays, a batch size above the smaller slice count, or a
@@ -176,8 +211,9 @@ def train_flow(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    x_latents = encode_slices(ae, x_slices, device=device)
-    z_latents = encode_slices(ae, z_slices, device=device)
+    quantized = config.latents == "quantized"
+    x_latents = encode_slices(ae, x_slices, device=device, quantized=quantized)
+    z_latents = encode_slices(target_ae or ae, z_slices, device=device, quantized=quantized)
     data_info = {
         "n_x": int(x_slices.shape[0]),
         "n_z": int(z_slices.shape[0]),
@@ -187,12 +223,13 @@ def train_flow(
 
     flow = build_flow(data_info["latent_shapes"], config).to(device)
     optimizer = torch.optim.AdamW(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = WeightAverage(flow, config.ema_decay)
     x_generator, z_generator = _batch_generators(config.seed)
     state: dict[str, Any] = {"epoch": 0, "history": []}
 
     last_path = out_dir / LAST_NAME
     if last_path.exists():
-        state = _resume(last_path, flow, optimizer, (x_generator, z_generator), config, data_info)
+        state = _resume(last_path, flow, optimizer, average, (x_generator, z_generator), config, data_info)
     logger.info(
         "training flow in %s on %s: %d source and %d target slices, latent shapes %s, "
         "epochs %d to %d, config %s",
@@ -207,7 +244,7 @@ def train_flow(
         x_batches = _epoch_batches(data_info["n_x"], steps_per_epoch, config.batch_size, x_generator)
         z_batches = _epoch_batches(data_info["n_z"], steps_per_epoch, config.batch_size, z_generator)
         record = _train_epoch(
-            flow, optimizer, x_latents, z_latents, x_batches, z_batches, config, device, epoch, progress
+            flow, optimizer, average, x_latents, z_latents, x_batches, z_batches, config, device, epoch, progress
         )
         record = {"epoch": epoch + 1, **record, "seconds": time.perf_counter() - started}
         history.append(record)
@@ -217,6 +254,7 @@ def train_flow(
             "epoch": epoch + 1,
             "flow": flow.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "average": average.state_dict(),
             "x_generator": x_generator.get_state(),
             "z_generator": z_generator.get_state(),
             "flow_config": flow.config(),
@@ -227,19 +265,63 @@ def train_flow(
         save_checkpoint(last_path, payload)
         write_history(out_dir / HISTORY_NAME, history)
 
+    round_trip = round_trip_error(average.averaged, x_latents, z_latents, device)
+    if max(round_trip.values()) > ROUND_TRIP_TOLERANCE:
+        logger.warning(
+            "flow round trip on training latents exceeds %g: %s; the two directions do not invert "
+            "each other exactly (lower clamp or lr)", ROUND_TRIP_TOLERANCE, round_trip,
+        )
     final_path = save_checkpoint(
         out_dir / FINAL_NAME,
         {
             "kind": "flow",
             "flow_config": flow.config(),
-            "state_dict": flow.state_dict(),
+            "state_dict": average.averaged.state_dict(),
+            "weights": "moving average" if config.ema_decay > 0 else "last step",
             "train_config": asdict(config),
             "data": data_info,
             "history": history,
+            "round_trip": round_trip,
         },
     )
-    logger.info("wrote %s", final_path)
+    logger.info("wrote %s (round trip max |error|: %s)", final_path, round_trip)
     return final_path
+
+
+@torch.no_grad()
+def round_trip_error(
+    flow: LatentFlow,
+    x_latents: tuple[Tensor, ...],
+    z_latents: tuple[Tensor, ...],
+    device: str | torch.device = "cpu",
+    n_samples: int = ROUND_TRIP_SAMPLES,
+) -> dict[str, float]:
+    """Largest absolute round-trip error of ``flow`` on the first ``n_samples`` latents per side.
+
+    Returns:
+        ``{"forward_then_inverse": max |T^-1(T(x)) - x|, "inverse_then_forward": max |T(T^-1(z)) - z|}``
+        in latent units, over all levels.
+    """
+    was_training = flow.training
+    flow.eval()
+    x = tuple(level[:n_samples].to(device) for level in x_latents)
+    z = tuple(level[:n_samples].to(device) for level in z_latents)
+    x_back = flow(flow(x), rev=True)
+    z_back = flow(flow(z, rev=True))
+    flow.train(was_training)
+    return {
+        "forward_then_inverse": max(float((a - b).abs().max()) for a, b in zip(x_back, x)),
+        "inverse_then_forward": max(float((a - b).abs().max()) for a, b in zip(z_back, z)),
+    }
+
+
+def learning_rate(config: FlowTrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate of 0-based ``step`` out of ``total_steps`` under ``config.lr_schedule``."""
+    if config.lr_schedule == "constant" or total_steps <= 1:
+        return config.lr
+    progress = min(step / (total_steps - 1), 1.0)
+    final = config.lr * config.final_lr_fraction
+    return final + 0.5 * (config.lr - final) * (1.0 + math.cos(math.pi * progress))
 
 
 def load_flow(path: str | os.PathLike, device: str | torch.device = "cpu") -> LatentFlow:
@@ -299,6 +381,7 @@ def _epoch_batches(n_samples: int, n_batches: int, batch_size: int, generator: t
 def _train_epoch(
     flow: LatentFlow,
     optimizer: torch.optim.Optimizer,
+    average: WeightAverage,
     x_latents: tuple[Tensor, Tensor],
     z_latents: tuple[Tensor, Tensor],
     x_batches: list[Tensor],
@@ -313,7 +396,10 @@ def _train_epoch(
     sums["grad_norm"] = 0.0
     bar = tqdm(total=len(x_batches), desc=f"flow epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
 
+    total_steps = config.epochs * len(x_batches)
     for step, (x_index, z_index) in enumerate(zip(x_batches, z_batches)):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch * len(x_batches) + step, total_steps)
         x = tuple(level[x_index].to(device) for level in x_latents)  # (B, E, h, w) per level
         z = tuple(level[z_index].to(device) for level in z_latents)
         terms = symot_loss(
@@ -337,6 +423,7 @@ def _train_epoch(
         max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm)
         optimizer.step()
+        average.update(flow)
 
         for key in LOSS_TERMS:
             sums[key] += float(terms[key].detach())
@@ -356,6 +443,7 @@ def _resume(
     last_path: Path,
     flow: LatentFlow,
     optimizer: torch.optim.Optimizer,
+    average: WeightAverage,
     generators: tuple[torch.Generator, torch.Generator],
     config: FlowTrainConfig,
     data_info: dict[str, Any],
@@ -371,6 +459,7 @@ def _resume(
 
     flow.load_state_dict(record["flow"])
     optimizer.load_state_dict(record["optimizer"])
+    average.load_state_dict(record["average"])
     generators[0].set_state(record["x_generator"])
     generators[1].set_state(record["z_generator"])
     logger.info("resuming flow training from %s after epoch %d", last_path, record["epoch"])

@@ -1,0 +1,65 @@
+"""``symot-med latent-study``: shared or separate autoencoders, quantised or continuous flow
+inputs, snapped or plain decoding, measured on slice caches (see ``symot_med.experiments``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from symot_med.cli import add_common_options, add_device_option
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE = Path("docs/results/latent_study.md")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``latent-study`` parser."""
+    parser = subparsers.add_parser(
+        "latent-study",
+        help="measure which latent space the flow should use (shared or separate autoencoders, ...)",
+        description=(
+            "Train shared and per-modality autoencoders and flows on quantised and continuous "
+            "latents with the demo profile's budget, score translation of the held-out slices, "
+            "and write a markdown page."
+        ),
+    )
+    parser.add_argument("--cache", type=Path, nargs="+", required=True, help="slice cache folders from `prepare` (one per pair)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the trained models (reruns resume)")
+    parser.add_argument("--page", type=Path, default=DEFAULT_PAGE, help=f"markdown page to write (default: {DEFAULT_PAGE})")
+    parser.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the demo profile's)")
+    parser.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: the demo profile's)")
+    add_device_option(parser)
+    add_common_options(parser)
+    parser.set_defaults(handler=run_latent_study_command)
+
+
+def run_latent_study_command(args: argparse.Namespace) -> int:
+    from symot_med.data.slices import SliceCache
+    from symot_med.device import resolve_device
+    from symot_med.experiments.latent_study import run_latent_study, study_markdown
+    from symot_med.io import atomic_path
+    from symot_med.models.vqvae2 import VQVAE2Config
+    from symot_med.training.autoencoder import AETrainConfig
+    from symot_med.training.flow import FlowTrainConfig
+
+    autoencoder = AETrainConfig() if args.ae_epochs is None else replace(AETrainConfig(), epochs=args.ae_epochs)
+    flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
+    device = str(resolve_device(args.device))
+    results = []
+    for cache in args.cache:
+        pair = SliceCache.open(cache).manifest["pair"]
+        results.append(
+            run_latent_study(cache, args.work / pair, autoencoder, VQVAE2Config(), flow, device=device, progress=not args.quiet)
+        )
+
+    command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args.page.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.page) as temporary:
+        temporary.write_text(study_markdown(results, command))
+    logger.info("wrote %s", args.page)
+    return 0

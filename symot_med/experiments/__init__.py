@@ -1,0 +1,1 @@
+"""Measurements that back design decisions; each writes a results page."""

@@ -1,0 +1,212 @@
+"""Which latent space should the flow work in? A measurement on one slice cache.
+
+The transport cost |x - T(x)|^2 only keeps anatomy in place if the two modalities' latents share
+coordinates. This study trains, on the same training slices and with the same budget:
+
+- ``shared``: one VQ-VAE-2 on both modalities (the package's design), the flow on its latents;
+- ``separate``: one VQ-VAE-2 per modality, the flow from the source's latents to the target's,
+  decoded by the output modality's autoencoder;
+
+and, on the shared autoencoder, compares flow inputs snapped to the codebooks (``quantized``)
+with the encoder's pre-quantisation maps (``continuous``), and decoding the flow's outputs
+as they are or snapped to the codebooks (``snap``).
+
+Scores are on the held-out subjects' slices, which the demo cohort and BraTS / SynthRAD2023 give
+co-registered, so slice i of the source and of the target show the same anatomy. Translation:
+2D SSIM (7-pixel window) and PSNR inside the ground truth's mask, data range 1, on normalised
+slices. Shared coordinates: the paired-to-unpaired latent distance ratio
+mean |E(x_i) - E(z_i)|^2 / mean |E(x_i) - E(z_j)|^2 over held-out slices (j a random other
+slice); a small ratio means the same anatomy lands near the same latent point in both
+modalities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from symot_med.baselines.histogram import foreground_quantiles, match_histogram
+from symot_med.bundle.network import TranslationNetwork
+from symot_med.config import DIRECTIONS, get_pair
+from symot_med.data.slices import SliceCache
+from symot_med.evaluation.metrics import masked_psnr, masked_ssim_2d
+from symot_med.io import write_json
+from symot_med.models.vqvae2 import VQVAE2, VQVAE2Config
+from symot_med.pipeline.stages import _validation_split
+from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, load_autoencoder, train_autoencoder
+from symot_med.training.flow import FlowTrainConfig, encode_slices, load_flow, train_flow
+
+logger = logging.getLogger(__name__)
+
+# Variants: (autoencoders, flow inputs, snap the flow's outputs before decoding).
+VARIANTS = {
+    "shared, quantized": ("shared", "quantized", False),
+    "shared, quantized, snap": ("shared", "quantized", True),
+    "shared, continuous": ("shared", "continuous", False),
+    "separate, quantized": ("separate", "quantized", False),
+}
+
+
+def _train_autoencoder(slices: np.ndarray, out_dir: Path, config: AETrainConfig, model: VQVAE2Config, device: str, progress: bool) -> VQVAE2:
+    final = out_dir / "autoencoder.pt"
+    if not final.is_file():
+        train, val = _validation_split(slices, config.seed)
+        train_autoencoder(train, val, out_dir, config, model, device=device, progress=progress)
+    return load_autoencoder(final, device=device)
+
+
+def _translate(
+    encoder: VQVAE2, decoder: VQVAE2, flow, slices: np.ndarray, reverse: bool, quantized: bool, snap: bool, device
+) -> np.ndarray:
+    """(N, 1, H, W) normalised slices -> translated slices in [0, 1]; ``encoder`` reads the input
+    modality and ``decoder`` writes the output modality."""
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(slices), 64):
+            x = torch.from_numpy(slices[start : start + 64]).to(device)
+            mapped = flow(encoder.latents(x, quantized=quantized), rev=reverse)
+            outputs.append(decoder.decode(*mapped, snap=snap).clamp(0.0, 1.0).cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def score_slices(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """2D SSIM and PSNR of (N, 1, H, W) slices inside the truth's mask (values > 0), data range 1."""
+    truth_volume = np.moveaxis(truth[:, 0], 0, -1)  # (H, W, N)
+    prediction_volume = np.moveaxis(prediction[:, 0], 0, -1)
+    mask = truth_volume > 0
+    return {
+        "ssim": masked_ssim_2d(truth_volume, prediction_volume, mask, data_range=1.0),
+        "psnr": masked_psnr(truth_volume, prediction_volume, mask, data_range=1.0),
+    }
+
+
+def pairing_ratio(x_latents: tuple, z_latents: tuple, seed: int = 0) -> float:
+    """mean |E(x_i) - E(z_i)|^2 / mean |E(x_i) - E(z_j)|^2 over slices, j a random derangement of i."""
+    x = torch.cat([level.flatten(1) for level in x_latents], dim=1)
+    z = torch.cat([level.flatten(1) for level in z_latents], dim=1)
+    n = x.shape[0]
+    shift = np.random.default_rng(seed).integers(1, n)
+    other = (torch.arange(n) + int(shift)) % n
+    paired = (x - z).pow(2).sum(1).mean()
+    unpaired = (x - z[other]).pow(2).sum(1).mean()
+    return float(paired / unpaired)
+
+
+def run_latent_study(
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    autoencoder: AETrainConfig,
+    model: VQVAE2Config,
+    flow: FlowTrainConfig,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Train every variant on ``cache_dir`` into ``out_dir`` (resuming finished parts) and return
+    the scores, also written to ``out_dir/latent_study.json``."""
+    cache = SliceCache.open(cache_dir)
+    pair = get_pair(cache.manifest["pair"])
+    out_dir = Path(out_dir)
+    flow = replace(flow, beta=pair.beta)
+    train = {m: cache.slices(m, "train") for m in pair.modalities()}
+    test = {m: cache.slices(m, "test") for m in pair.modalities()}
+
+    pooled = np.concatenate([train[pair.source], train[pair.target]])
+    shared = _train_autoencoder(pooled, out_dir / "ae_shared", autoencoder, model, device, progress)
+    autoencoders = {
+        "shared": {m: shared for m in pair.modalities()},
+        "separate": {
+            m: _train_autoencoder(train[m], out_dir / f"ae_{m}", autoencoder, model, device, progress)
+            for m in pair.modalities()
+        },
+    }
+
+    results: dict = {"pair": pair.name, "settings": {"autoencoder": asdict(autoencoder), "vqvae2": asdict(model), "flow": asdict(flow)}}
+    results["reconstruction"] = {
+        space: {
+            m: {k: evaluate_autoencoder(aes[m], torch.from_numpy(test[m]), 64, torch.device(device))[f"val_{k}"] for k in ("ssim", "psnr")}
+            for m in pair.modalities()
+        }
+        for space, aes in autoencoders.items()
+    }
+    results["pairing_ratio"] = {
+        space: pairing_ratio(
+            encode_slices(aes[pair.source], test[pair.source], device=device),
+            encode_slices(aes[pair.target], test[pair.target], device=device),
+        )
+        for space, aes in autoencoders.items()
+    }
+
+    flows = {}
+    for space, latents in (("shared", "quantized"), ("shared", "continuous"), ("separate", "quantized")):
+        folder = out_dir / f"flow_{space}_{latents}"
+        if not (folder / "flow.pt").is_file():
+            aes = autoencoders[space]
+            train_flow(aes[pair.source], train[pair.source], train[pair.target], folder, replace(flow, latents=latents),
+                       device=device, progress=progress, target_ae=aes[pair.target])
+        flows[(space, latents)] = load_flow(folder, device=device)
+
+    quantiles = {m: foreground_quantiles(train[m]) for m in pair.modalities()}
+    results["translation"] = {}
+    for direction in DIRECTIONS:
+        source, target = pair.input_modality(direction), pair.output_modality(direction)
+        name = f"{source}_to_{target}"
+        scores = {
+            "identity": score_slices(test[target], test[source]),
+            "histogram matching": score_slices(test[target], match_histogram(test[source], quantiles[source], quantiles[target])),
+        }
+        for variant, (space, latents, snap) in VARIANTS.items():
+            aes = autoencoders[space]
+            translated = _translate(aes[source], aes[target], flows[(space, latents)], test[source],
+                                    direction == "inverse", latents == "quantized", snap, device)
+            scores[variant] = score_slices(test[target], translated)
+        results["translation"][name] = scores
+    results["seconds"] = {
+        folder.name: sum(record["seconds"] for record in json.loads((folder / "history.json").read_text()))
+        for folder in sorted(out_dir.iterdir())
+        if (folder / "history.json").is_file()
+    }
+    write_json(out_dir / "latent_study.json", results)
+    return results
+
+
+def study_markdown(results: list[dict], command: str) -> str:
+    """Results page of one or more pairs' ``run_latent_study`` results."""
+    lines = [
+        f"Generated by `{command}`; rerun that command to update this page, do not edit it.",
+        "",
+        "# Latent space of the flow: shared or separate autoencoders, quantised or continuous inputs",
+        "",
+        "See `symot_med/experiments/latent_study.py` for the variants and the metrics. Translation "
+        "scores are 2D SSIM and PSNR (dB) on the held-out subjects' normalised slices, inside the "
+        "ground truth's mask.",
+        "",
+    ]
+    for result in results:
+        settings = result["settings"]
+        lines += [
+            f"## Pair {result['pair']}",
+            "",
+            f"Budget: autoencoders {settings['autoencoder']['epochs']} epochs (batch {settings['autoencoder']['batch_size']}), "
+            f"flows {settings['flow']['epochs']} epochs (batch {settings['flow']['batch_size']}), beta {settings['flow']['beta']:g}.",
+            "",
+            "| method | " + " | ".join(f"{name.replace('_to_', ' -> ')} SSIM | PSNR" for name in result["translation"]) + " |",
+            "|---|" + "---|---|" * len(result["translation"]),
+        ]
+        methods = next(iter(result["translation"].values())).keys()
+        for method in methods:
+            cells = " | ".join(
+                f"{scores[method]['ssim']:.3f} | {scores[method]['psnr']:.2f}" for scores in result["translation"].values()
+            )
+            lines.append(f"| {method} | {cells} |")
+        lines += ["", "| autoencoders | " + " | ".join(f"{m} reconstruction SSIM" for m in next(iter(result["reconstruction"].values()))) + " | paired / unpaired latent distance |",
+                  "|---|" + "---|" * (len(next(iter(result["reconstruction"].values()))) + 1)]
+        for space, per_modality in result["reconstruction"].items():
+            cells = " | ".join(f"{scores['ssim']:.3f}" for scores in per_modality.values())
+            lines.append(f"| {space} | {cells} | {result['pairing_ratio'][space]:.3f} |")
+        lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()) + ".", ""]
+    return "\n".join(lines)
