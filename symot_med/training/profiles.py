@@ -4,12 +4,13 @@ Profiles:
     ``demo``: the package defaults (``AETrainConfig``, ``VQVAE2Config``, ``FlowTrainConfig``),
         sized so that the demo trains both pairs on a 2-core CPU.
     ``paper``: the sizes and hyperparameters that Xiong, Ding and Zhang report for SyMOT-Flow on
-        images. Latent maps of 128 channels at 1/8 and 1/4 of the slice size; flow of 4 coupling
-        blocks whose subnets are 8-block residual networks; batch 32; AdamW with learning rate
-        1e-3. BraTS T1/T2: 200 epochs, weight decay 1e-4, beta 1e-5. SynthRAD CT/MR: 1000 epochs,
-        weight decay 1e-5, beta 1e-3. The autoencoder's schedule (100 epochs, batch 32, learning
-        rate 1e-3), the codebook size (512) and the subnet width (128) are not in the paper and
-        are set here.
+        images. The latent maps have 128 channels at 1/8 and 1/4 of the slice size. The flow has
+        4 coupling blocks, and each subnet is an 8-block residual network. Training uses batch 32
+        and AdamW with learning rate 1e-3. BraTS T1/T2: 200 epochs, weight decay 1e-4, beta 1e-5.
+        SynthRAD CT/MR: 1000 epochs, weight decay 1e-5, beta 1e-3. Xiong, Ding and Zhang give
+        neither the autoencoder's schedule, the codebook size nor the subnet width. This profile
+        trains the autoencoder for 100 epochs at batch 32 and learning rate 1e-3, with 512 codes,
+        and uses subnets 128 channels wide.
 
 A config file is a JSON object with up to three sections, each overriding fields of one
 dataclass; a missing section keeps the profile's values::
