@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import pkgutil
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -224,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
             settings.flow = _override(settings.flow, **sections.get("flow", {}))
         settings.autoencoder = _override(settings.autoencoder, epochs=args.ae_epochs, seed=args.seed)
         settings.flow = _override(settings.flow, epochs=args.flow_epochs, seed=args.seed)
-        metrics = run_demo(args.out, settings, progress=progress)
+        command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "symot-med demo"
+        metrics = run_demo(args.out, settings, progress=progress, command=command)
         _log_demo_summary(metrics, args.out)
 
     else:

@@ -339,3 +339,23 @@ def test_train_flow_rejects_batch_above_slice_count(tmp_path, tiny_autoencoder):
     model = load_autoencoder(tiny_autoencoder)
     with pytest.raises(ValueError, match="batch_size 4 exceeds"):
         train_flow(model, blob_slices(12), blob_slices(3), tmp_path, TINY_FLOW, "cpu", False)
+
+
+def test_l1_ssim_loss_matches_skimage():
+    from skimage.metrics import structural_similarity
+
+    from symot_med.training.autoencoder import reconstruction_loss
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 32, 32, generator=generator)
+    y = (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0.0, 1.0)
+
+    ssim = np.mean([
+        structural_similarity(
+            x[i, 0].numpy(), y[i, 0].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False,
+        )
+        for i in range(2)
+    ])
+    expected = float((y - x).abs().mean()) + 1.0 - ssim
+    assert float(reconstruction_loss(y, x, "l1_ssim")) == pytest.approx(expected, abs=1e-5)

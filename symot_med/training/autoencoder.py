@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
+from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -57,8 +58,10 @@ class AETrainConfig:
         batch_size: slices per optimiser step; the last batch of an epoch may be smaller.
         lr: peak Adam learning rate.
         seed: seed of the weight initialisation, shuffling and codebook restarts.
-        recon_loss: ``"l1"`` (mean absolute error) or ``"mse"`` (mean squared error) between
-            slice and reconstruction; the commitment loss is added to it.
+        recon_loss: ``"l1"`` (mean absolute error), ``"mse"`` (mean squared error) or
+            ``"l1_ssim"`` (mean absolute error plus 1 - SSIM, MONAI's Gaussian window of 11
+            pixels, data range 1) between slice and reconstruction; the commitment loss is
+            added to it.
         lr_schedule: ``"cosine"`` (decay from ``lr`` to 0 over all steps) or ``"constant"``.
         weight_decay: Adam weight decay.
         grad_clip: maximum global gradient norm, or 0 for no clipping.
@@ -69,7 +72,7 @@ class AETrainConfig:
     batch_size: int = 16
     lr: float = 2e-3
     seed: int = 0
-    recon_loss: Literal["l1", "mse"] = "l1"
+    recon_loss: Literal["l1", "mse", "l1_ssim"] = "l1"
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -86,8 +89,8 @@ class AETrainConfig:
                 f"AETrainConfig needs lr > 0, weight_decay >= 0 and grad_clip >= 0, got "
                 f"{self.lr}, {self.weight_decay} and {self.grad_clip}"
             )
-        if self.recon_loss not in ("l1", "mse"):
-            raise ValueError(f"AETrainConfig.recon_loss must be 'l1' or 'mse', got {self.recon_loss!r}")
+        if self.recon_loss not in ("l1", "mse", "l1_ssim"):
+            raise ValueError(f"AETrainConfig.recon_loss must be 'l1', 'mse' or 'l1_ssim', got {self.recon_loss!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"AETrainConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
@@ -281,9 +284,14 @@ def evaluate_autoencoder(model: VQVAE2, slices: Tensor, batch_size: int, device:
 
 
 def reconstruction_loss(recon: Tensor, x: Tensor, kind: str) -> Tensor:
-    """Return the mean absolute (``"l1"``) or mean squared (``"mse"``) error of (B, C, H, W) maps."""
+    """Return the mean absolute (``"l1"``) or mean squared (``"mse"``) error of (B, C, H, W) maps,
+    or for ``"l1_ssim"`` the mean absolute error plus 1 - SSIM (data range 1)."""
     if kind == "l1":
         return F.l1_loss(recon, x)
+    elif kind == "l1_ssim":
+        ssim = compute_ssim_and_cs(recon, x, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5),
+                                   data_range=DATA_RANGE, kernel_type="gaussian")[0]
+        return F.l1_loss(recon, x) + (1.0 - ssim.mean())
     elif kind == "mse":
         return F.mse_loss(recon, x)
     else:
