@@ -38,6 +38,31 @@ def _random(*shape: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def test_joint_latent_flow_round_trip_and_mixes_levels():
+    shapes = [(4, 3, 3), (4, 6, 6)]
+    flow = LatentFlow(shapes, n_blocks=2, hidden=8, n_res_blocks=1, layout="joint")
+    _perturb_parameters(flow, seed=3, std=0.1)
+    flow.eval()
+    latents = [_random(3, *shape, seed=20 + level) for level, shape in enumerate(shapes)]
+
+    with torch.no_grad():
+        mapped = flow(latents)
+        restored = flow(mapped, rev=True)
+        # Changing only the top level changes the bottom level's output: the levels are coupled.
+        changed_top = flow([latents[0] + 1.0, latents[1]])
+
+    for level, (original, result) in enumerate(zip(latents, restored)):
+        assert result.shape == original.shape, level
+        assert (result - original).abs().max() < 1e-4, level
+    assert (changed_top[1] - mapped[1]).abs().max() > 1e-3
+    assert LatentFlow.from_config(flow.config()).layout == "joint"
+
+
+def test_joint_latent_flow_rejects_incommensurate_levels():
+    with pytest.raises(ValueError, match="integer multiple"):
+        LatentFlow([(4, 3, 3), (4, 7, 6)], n_blocks=1, hidden=4, n_res_blocks=1, layout="joint")
+
+
 @pytest.mark.parametrize(
     "make_flow, sample_shape",
     [(_small_dense_flow, (3,)), (_small_conv_flow, (4, 5, 5))],
@@ -214,7 +239,7 @@ def test_latent_flow_config_round_trip():
 
     assert config == {
         "shapes": [[4, 4, 4], [2, 8, 8]], "n_blocks": 2, "hidden": 8,
-        "n_res_blocks": 1, "clamp": 1.5, "seed": 11,
+        "n_res_blocks": 1, "clamp": 1.5, "seed": 11, "layout": "per_level",
     }
     for expected, result in zip(flow(latents), rebuilt(latents)):
         assert torch.equal(expected, result)

@@ -8,8 +8,9 @@ coordinates. This study trains, on the same training slices and with the same bu
   decoded by the output modality's autoencoder;
 
 and, on the shared autoencoder, compares flow inputs snapped to the codebooks (``quantized``)
-with the encoder's pre-quantisation maps (``continuous``), and decoding the flow's outputs
-as they are or snapped to the codebooks (``snap``).
+with the encoder's pre-quantisation maps (``continuous``), decoding the flow's outputs as they
+are or snapped to the codebooks (``snap``), and one flow per latent level with one joint flow
+on both levels (``joint``).
 
 Scores are on the held-out subjects' slices, which the demo cohort and BraTS / SynthRAD2023 give
 co-registered, so slice i of the source and of the target show the same anatomy. Translation:
@@ -43,12 +44,13 @@ from symot_med.training.flow import FlowTrainConfig, encode_slices, load_flow, t
 
 logger = logging.getLogger(__name__)
 
-# Variants: (autoencoders, flow inputs, snap the flow's outputs before decoding).
+# Variants: (autoencoders, flow inputs, flow layout, snap the flow's outputs before decoding).
 VARIANTS = {
-    "shared, quantized": ("shared", "quantized", False),
-    "shared, quantized, snap": ("shared", "quantized", True),
-    "shared, continuous": ("shared", "continuous", False),
-    "separate, quantized": ("separate", "quantized", False),
+    "shared, quantized": ("shared", "quantized", "per_level", False),
+    "shared, quantized, snap": ("shared", "quantized", "per_level", True),
+    "shared, quantized, joint": ("shared", "quantized", "joint", False),
+    "shared, continuous": ("shared", "continuous", "per_level", False),
+    "separate, quantized": ("separate", "quantized", "per_level", False),
 }
 
 
@@ -142,13 +144,16 @@ def run_latent_study(
     }
 
     flows = {}
-    for space, latents in (("shared", "quantized"), ("shared", "continuous"), ("separate", "quantized")):
-        folder = out_dir / f"flow_{space}_{latents}"
+    for space, latents, layout, _ in VARIANTS.values():
+        if (space, latents, layout) in flows:
+            continue
+        folder = out_dir / f"flow_{space}_{latents}_{layout}"
         if not (folder / "flow.pt").is_file():
             aes = autoencoders[space]
-            train_flow(aes[pair.source], train[pair.source], train[pair.target], folder, replace(flow, latents=latents),
+            settings = replace(flow, latents=latents, layout=layout)
+            train_flow(aes[pair.source], train[pair.source], train[pair.target], folder, settings,
                        device=device, progress=progress, target_ae=aes[pair.target])
-        flows[(space, latents)] = load_flow(folder, device=device)
+        flows[(space, latents, layout)] = load_flow(folder, device=device)
 
     quantiles = {m: foreground_quantiles(train[m]) for m in pair.modalities()}
     results["translation"] = {}
@@ -159,9 +164,9 @@ def run_latent_study(
             "identity": score_slices(test[target], test[source]),
             "histogram matching": score_slices(test[target], match_histogram(test[source], quantiles[source], quantiles[target])),
         }
-        for variant, (space, latents, snap) in VARIANTS.items():
+        for variant, (space, latents, layout, snap) in VARIANTS.items():
             aes = autoencoders[space]
-            translated = _translate(aes[source], aes[target], flows[(space, latents)], test[source],
+            translated = _translate(aes[source], aes[target], flows[(space, latents, layout)], test[source],
                                     direction == "inverse", latents == "quantized", snap, device)
             scores[variant] = score_slices(test[target], translated)
         results["translation"][name] = scores

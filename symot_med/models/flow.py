@@ -41,6 +41,7 @@ import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 # FrEIA warns that its soft permutation (scipy's SO(D) sampler) is slow above 512 features.
 MAX_SOFT_PERMUTATION_DIM = 512
 
-_LATENT_FLOW_KEYS = ("shapes", "n_blocks", "hidden", "n_res_blocks", "clamp", "seed")
+_LATENT_FLOW_KEYS = ("shapes", "n_blocks", "hidden", "n_res_blocks", "clamp", "seed", "layout")
 
 
 def build_dense_flow(
@@ -149,15 +150,21 @@ def build_conv_flow(
 
 
 class LatentFlow(nn.Module):
-    """One convolutional flow per latent level (for VQ-VAE-2: top and bottom).
+    """Convolutional flow on the latent levels (for VQ-VAE-2: top and bottom).
 
-    Level l is mapped by its own ``build_conv_flow(shapes[l], ..., seed=seed + l)``, so
-    the levels get different permutations.
+    ``layout="per_level"``: level l is mapped by its own ``build_conv_flow(shapes[l], ...,
+    seed=seed + l)``, so the levels get different permutations and never mix.
+    ``layout="joint"``: every level is rearranged to the smallest level's H and W with
+    ``pixel_unshuffle`` (a (C, 2h, 2w) map becomes (4C, h, w)), the levels are stacked along
+    channels, and one ``build_conv_flow`` maps the stack, so the coupling subnets see all levels.
+    The rearrangement is a permutation, so the joint flow is exactly invertible as well.
 
     Args:
-        shapes: (C, H, W) of each level, in the order the latents are passed.
+        shapes: (C, H, W) of each level, in the order the latents are passed. For ``joint``,
+            each level's H and W must be the same integer multiple of the smallest level's.
         n_blocks, hidden, n_res_blocks, clamp: as in :func:`build_conv_flow`.
         seed: seed of level 0. Level l uses seed + l, which must be below 2^32.
+        layout: ``"per_level"`` or ``"joint"``.
     """
 
     def __init__(
@@ -168,8 +175,11 @@ class LatentFlow(nn.Module):
         n_res_blocks: int = 2,
         clamp: float = 2.0,
         seed: int = 0,
+        layout: str = "per_level",
     ) -> None:
         super().__init__()
+        if layout not in ("per_level", "joint"):
+            raise ValueError(f"layout must be 'per_level' or 'joint', got {layout!r}.")
         if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence):
             raise TypeError(f"shapes must be a sequence of (C, H, W) tuples, got {shapes!r}.")
         if len(shapes) == 0:
@@ -183,6 +193,14 @@ class LatentFlow(nn.Module):
         self.n_res_blocks = n_res_blocks
         self.clamp = float(clamp)
         self.seed = seed
+        self.layout = layout
+        if layout == "joint":
+            self.factors = _unshuffle_factors(self.shapes)
+            height, width = min(shape[1] for shape in self.shapes), min(shape[2] for shape in self.shapes)
+            channels = sum(shape[0] * factor**2 for shape, factor in zip(self.shapes, self.factors))
+            flow_shapes = [(channels, height, width)]
+        else:
+            flow_shapes = list(self.shapes)
         self.flows = nn.ModuleList(
             build_conv_flow(
                 shape,
@@ -192,7 +210,7 @@ class LatentFlow(nn.Module):
                 clamp=clamp,
                 seed=seed + level,
             )
-            for level, shape in enumerate(self.shapes)
+            for level, shape in enumerate(flow_shapes)
         )
 
     def forward(self, latents: Sequence[Tensor], rev: bool = False) -> tuple[Tensor, ...]:
@@ -219,8 +237,7 @@ class LatentFlow(nn.Module):
         if not isinstance(rev, bool):
             raise TypeError(f"rev must be a bool, got {rev!r}.")
 
-        outputs = []
-        for level, (flow, latent, shape) in enumerate(zip(self.flows, latents, self.shapes)):
+        for level, (latent, shape) in enumerate(zip(latents, self.shapes)):
             if not isinstance(latent, Tensor):
                 raise TypeError(f"latents[{level}] must be a torch.Tensor, got {type(latent).__name__}.")
             if latent.dim() != 4 or tuple(latent.shape[1:]) != shape:
@@ -228,6 +245,17 @@ class LatentFlow(nn.Module):
                     f"latents[{level}] must have shape (B, {', '.join(map(str, shape))}), got "
                     f"{tuple(latent.shape)}."
                 )
+
+        if self.layout == "joint":
+            # (B, C_l, f h, f w) -> (B, C_l f^2, h, w) per level, stacked along channels.
+            stacked = torch.cat([F.pixel_unshuffle(x, f) for x, f in zip(latents, self.factors)], dim=1)
+            mapped, _ = self.flows[0](stacked, rev=rev)
+            sizes = [shape[0] * f**2 for shape, f in zip(self.shapes, self.factors)]
+            parts = torch.split(mapped, sizes, dim=1)
+            return tuple(F.pixel_shuffle(part, f) for part, f in zip(parts, self.factors))
+
+        outputs = []
+        for flow, latent in zip(self.flows, latents):
             mapped, _ = flow(latent, rev=rev)  # SequenceINN returns (output, log_jac_det)
             outputs.append(mapped)
         return tuple(outputs)
@@ -241,6 +269,7 @@ class LatentFlow(nn.Module):
             "n_res_blocks": self.n_res_blocks,
             "clamp": self.clamp,
             "seed": self.seed,
+            "layout": self.layout,
         }
 
     @classmethod
@@ -262,6 +291,21 @@ class LatentFlow(nn.Module):
         arguments = dict(config)
         arguments["shapes"] = [tuple(shape) for shape in config["shapes"]]
         return cls(**arguments)
+
+
+def _unshuffle_factors(shapes: Sequence[tuple[int, int, int]]) -> list[int]:
+    """Per level, the factor f with (H, W) = f * (h, w) of the smallest level; raise otherwise."""
+    height, width = min(shape[1] for shape in shapes), min(shape[2] for shape in shapes)
+    factors = []
+    for shape in shapes:
+        factor = shape[1] // height
+        if shape[1] != factor * height or shape[2] != factor * width:
+            raise ValueError(
+                f"layout 'joint' needs every level's (H, W) to be an integer multiple of the smallest "
+                f"level's ({height}, {width}), got {shape[1:]} among {list(shapes)}."
+            )
+        factors.append(factor)
+    return factors
 
 
 class _ConvResidualBlock(nn.Module):

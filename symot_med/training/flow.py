@@ -80,6 +80,8 @@ class FlowTrainConfig:
         cost_over_dims: ``"mean"`` divides each squared distance |a - b|^2 by the latent
             size D, ``"sum"`` does not.
         n_blocks: invertible coupling blocks of the flow.
+        layout: ``"per_level"`` (one flow per latent level) or ``"joint"`` (one flow on all
+            levels rearranged to the top level's size); see ``LatentFlow``.
         hidden: channels of the coupling subnets.
         n_res_blocks: residual blocks per coupling subnet.
         clamp: soft clamp of the coupling log-scales.
@@ -98,6 +100,7 @@ class FlowTrainConfig:
     latents: Literal["quantized", "continuous"] = "quantized"
     cost_over_dims: Literal["mean", "sum"] = "mean"
     n_blocks: int = 4
+    layout: Literal["per_level", "joint"] = "per_level"
     hidden: int = 32
     n_res_blocks: int = 1
     clamp: float = 2.0
@@ -355,6 +358,7 @@ def build_flow(latent_shapes: list[list[int]], config: FlowTrainConfig) -> Laten
         n_res_blocks=config.n_res_blocks,
         clamp=config.clamp,
         seed=config.seed,
+        layout=config.layout,
     )
 
 
