@@ -7,10 +7,10 @@ coordinates. This study trains, on the same training slices and with the same bu
 - ``separate``: one VQ-VAE-2 per modality, the flow from the source's latents to the target's,
   decoded by the output modality's autoencoder;
 
-and, on the shared autoencoder, compares flow inputs snapped to the codebooks (``quantized``)
-with the encoder's pre-quantisation maps (``continuous``), decoding the flow's outputs as they
-are or snapped to the codebooks (``snap``), and one flow per latent level with one joint flow
-on both levels (``joint``).
+and, on the shared autoencoder, compares three more choices. Flow inputs are snapped to the
+codebooks (``quantized``) or the encoder's pre-quantisation maps (``continuous``). The flow's
+outputs are decoded as they are or snapped to the codebooks first (``snap``). There is one
+flow per latent level, or one joint flow on both levels (``joint``).
 
 Scores are on the held-out subjects' slices, which the demo cohort and BraTS / SynthRAD2023 give
 co-registered, so slice i of the source and of the target show the same anatomy. Translation:
