@@ -89,7 +89,7 @@ class FlowTrainConfig:
         seed: seed of the flow initialisation and of the two batch orders.
     """
 
-    epochs: int = 15
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
