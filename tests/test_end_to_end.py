@@ -261,3 +261,19 @@ def test_score_slices_of_identical_slices():
     scores = score_slices(truth, truth.copy())
     assert scores["ssim"] == pytest.approx(1.0)
     assert scores["psnr"] == float("inf")
+
+
+def test_latent_study_reuses_matching_demo_models(trained, tmp_path):
+    from symot_med.experiments.latent_study import run_latent_study
+
+    pair_dir = trained["root"] / "t1t2"
+    results = run_latent_study(
+        pair_dir / "cache", tmp_path / "study", TINY_AE, TINY_MODEL, TINY_FLOW, device="cpu", progress=False, reuse_dir=pair_dir
+    )
+    assert not (tmp_path / "study" / "ae_shared").exists()
+    assert not (tmp_path / "study" / "flow_shared_quantized_per_level").exists()
+    assert "ae_shared" in results["seconds"]
+
+    other = FlowTrainConfig(**{**TINY_FLOW.__dict__, "hidden": 4})
+    with pytest.raises(ValueError, match="flow.pt was trained with train_config"):
+        run_latent_study(pair_dir / "cache", tmp_path / "other", TINY_AE, TINY_MODEL, other, device="cpu", progress=False, reuse_dir=pair_dir)

@@ -28,8 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and write a markdown page."
         ),
     )
-    parser.add_argument("--cache", type=Path, nargs="+", required=True, help="slice cache folders from `prepare` (one per pair)")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the trained models (reruns resume)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--demo-dir", type=Path, help="output folder of `symot-med demo`: its slice caches, and its "
+                        "autoencoders and flows as the shared variants (their settings must be the study's)")
+    source.add_argument("--cache", type=Path, nargs="+", help="slice cache folders from `prepare` (one per pair)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the trained models, reruns resume "
+                        "(default: DEMO_DIR/latent_study; required with --cache)")
     parser.add_argument("--page", type=Path, default=DEFAULT_PAGE, help=f"markdown page to write (default: {DEFAULT_PAGE})")
     parser.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the demo profile's)")
     parser.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: the demo profile's)")
@@ -50,11 +54,24 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     autoencoder = AETrainConfig() if args.ae_epochs is None else replace(AETrainConfig(), epochs=args.ae_epochs)
     flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
     device = str(resolve_device(args.device))
+    if args.demo_dir is not None:
+        pair_dirs = [args.demo_dir / name for name in ("t1t2", "ctmr") if (args.demo_dir / name / "cache").is_dir()]
+        if not pair_dirs:
+            raise FileNotFoundError(f"{args.demo_dir} holds no t1t2/cache or ctmr/cache; run `symot-med demo --out {args.demo_dir}` first")
+        jobs = [(pair_dir / "cache", pair_dir) for pair_dir in pair_dirs]
+        work = args.work or args.demo_dir / "latent_study"
+    else:
+        if args.work is None:
+            raise ValueError("--work is required with --cache")
+        jobs = [(cache, None) for cache in args.cache]
+        work = args.work
+
     results = []
-    for cache in args.cache:
+    for cache, reuse_dir in jobs:
         pair = SliceCache.open(cache).manifest["pair"]
         results.append(
-            run_latent_study(cache, args.work / pair, autoencoder, VQVAE2Config(), flow, device=device, progress=not args.quiet)
+            run_latent_study(cache, work / pair, autoencoder, VQVAE2Config(), flow, device=device,
+                             progress=not args.quiet, reuse_dir=reuse_dir)
         )
 
     command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -40,6 +40,7 @@ from symot_med.io import write_json
 from symot_med.models.vqvae2 import VQVAE2, VQVAE2Config
 from symot_med.pipeline.stages import _validation_split
 from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, load_autoencoder, train_autoencoder
+from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import FlowTrainConfig, encode_slices, load_flow, train_flow
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,17 @@ VARIANTS = {
     "shared, continuous": ("shared", "continuous", "per_level", False),
     "separate, quantized": ("separate", "quantized", "per_level", False),
 }
+
+
+def _check_reused(path: Path, expected: dict[str, dict]) -> None:
+    """Raise ValueError naming ``path`` unless its checkpoint was trained with ``expected`` configs."""
+    record = load_checkpoint(path)
+    for key, values in expected.items():
+        if record.get(key) != values:
+            raise ValueError(
+                f"{path} was trained with {key} {record.get(key)}, not the study's {values}; "
+                "train it with the same settings or let the study train its own"
+            )
 
 
 def _train_autoencoder(slices: np.ndarray, out_dir: Path, config: AETrainConfig, model: VQVAE2Config, device: str, progress: bool) -> VQVAE2:
@@ -107,9 +119,15 @@ def run_latent_study(
     flow: FlowTrainConfig,
     device: str = "cpu",
     progress: bool = True,
+    reuse_dir: str | Path | None = None,
 ) -> dict:
     """Train every variant on ``cache_dir`` into ``out_dir`` (resuming finished parts) and return
-    the scores, also written to ``out_dir/latent_study.json``."""
+    the scores, also written to ``out_dir/latent_study.json``.
+
+    ``reuse_dir`` is a demo pair folder (``demo_out/<pair>``) whose ``autoencoder`` and ``flow``
+    serve as the shared autoencoder and its per-level quantised flow, after checking that they
+    were trained with the study's settings.
+    """
     cache = SliceCache.open(cache_dir)
     pair = get_pair(cache.manifest["pair"])
     out_dir = Path(out_dir)
@@ -117,15 +135,19 @@ def run_latent_study(
     train = {m: cache.slices(m, "train") for m in pair.modalities()}
     test = {m: cache.slices(m, "test") for m in pair.modalities()}
 
-    pooled = np.concatenate([train[pair.source], train[pair.target]])
-    shared = _train_autoencoder(pooled, out_dir / "ae_shared", autoencoder, model, device, progress)
-    autoencoders = {
-        "shared": {m: shared for m in pair.modalities()},
-        "separate": {
-            m: _train_autoencoder(train[m], out_dir / f"ae_{m}", autoencoder, model, device, progress)
-            for m in pair.modalities()
-        },
-    }
+    separate = {m: _train_autoencoder(train[m], out_dir / f"ae_{m}", autoencoder, model, device, progress) for m in pair.modalities()}
+    reused_flows = {}
+    if reuse_dir is not None:
+        reuse_dir = Path(reuse_dir)
+        _check_reused(reuse_dir / "autoencoder" / "autoencoder.pt", {"train_config": asdict(autoencoder), "model_config": asdict(model)})
+        shared = load_autoencoder(reuse_dir / "autoencoder" / "autoencoder.pt", device=device)
+        default_flow = replace(flow, latents="quantized", layout="per_level")
+        _check_reused(reuse_dir / "flow" / "flow.pt", {"train_config": asdict(default_flow)})
+        reused_flows[("shared", "quantized", "per_level")] = reuse_dir / "flow"
+    else:
+        pooled = np.concatenate([train[pair.source], train[pair.target]])
+        shared = _train_autoencoder(pooled, out_dir / "ae_shared", autoencoder, model, device, progress)
+    autoencoders = {"shared": {m: shared for m in pair.modalities()}, "separate": separate}
 
     results: dict = {"pair": pair.name, "settings": {"autoencoder": asdict(autoencoder), "vqvae2": asdict(model), "flow": asdict(flow)}}
     results["reconstruction"] = {
@@ -147,7 +169,7 @@ def run_latent_study(
     for space, latents, layout, _ in VARIANTS.values():
         if (space, latents, layout) in flows:
             continue
-        folder = out_dir / f"flow_{space}_{latents}_{layout}"
+        folder = reused_flows.get((space, latents, layout), out_dir / f"flow_{space}_{latents}_{layout}")
         if not (folder / "flow.pt").is_file():
             aes = autoencoders[space]
             settings = replace(flow, latents=latents, layout=layout)
@@ -170,9 +192,13 @@ def run_latent_study(
                                     direction == "inverse", latents == "quantized", snap, device)
             scores[variant] = score_slices(test[target], translated)
         results["translation"][name] = scores
+    folders = sorted(out_dir.iterdir())
+    if reuse_dir is not None:
+        folders += [reuse_dir / "autoencoder", reuse_dir / "flow"]
     results["seconds"] = {
-        folder.name: sum(record["seconds"] for record in json.loads((folder / "history.json").read_text()))
-        for folder in sorted(out_dir.iterdir())
+        ("ae_shared" if folder.name == "autoencoder" else "flow_shared_quantized_per_level" if folder.name == "flow" else folder.name):
+        sum(record["seconds"] for record in json.loads((folder / "history.json").read_text()))
+        for folder in folders
         if (folder / "history.json").is_file()
     }
     write_json(out_dir / "latent_study.json", results)

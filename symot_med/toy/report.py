@@ -26,7 +26,7 @@ from symot_med.toy.evaluate import REPORT_BANDWIDTH, REPORT_SCALES
 from symot_med.toy.figures import plot_beta_sweep, plot_pair_maps
 from symot_med.toy.methods import METHOD_TITLES
 from symot_med.toy.paper import PAPER_SWEEP, PAPER_TABLES
-from symot_med.toy.run import ToyRunResults
+from symot_med.toy.run import BETA_CHOICE, ToyRunResults
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +190,12 @@ def _setup_section(results: ToyRunResults) -> list[str]:
         f"- Data: {results.n_points} points per side, data seed {results.data_seed}; the pairs and how they "
         "are drawn are documented in `symot_med/toy/datasets.py`. The SyMOT-Flow paper gives no "
         "parameters for its toy distributions, so its numbers come from other data.",
-        f"- Budget, the same for every method: dense flow of {config.n_blocks} FrEIA `AllInOneBlock`s "
-        f"(subnets with 2 hidden layers of {config.hidden}, soft clamp {config.clamp}), "
-        f"{config.steps} AdamW steps, batch {config.batch_size} per side, learning rate {config.lr:g} "
-        f"({config.warmup_steps} warm-up steps, then a half cosine to {config.final_lr:g}), "
-        f"weight decay {config.weight_decay:g}, gradient norm clipped at {config.grad_clip:g}, "
-        f"training seed {config.seed}.",
+        f"- Budget, the same for every method: a dense flow of {config.n_blocks} FrEIA `AllInOneBlock`s "
+        f"(subnets with 2 hidden layers of {config.hidden}, soft clamp {config.clamp}). "
+        f"It trains for {config.steps} AdamW steps with batch {config.batch_size} per side and learning "
+        f"rate {config.lr:g} ({config.warmup_steps} warm-up steps, then a half cosine to {config.final_lr:g}). "
+        f"Weight decay is {config.weight_decay:g}, the gradient norm is clipped at {config.grad_clip:g}, "
+        f"and the training seed is {config.seed}.",
         f"- Training MMD: reduced estimator (SyMOT-Flow equation (7)), Gaussian kernels with bandwidths "
         f"{_scales(config.mmd_scales)} times {_base_bandwidth(config)}. "
         f"SWOT-Flow: squared sliced 2-Wasserstein distance with {config.n_projections} random directions per term.",
@@ -209,9 +209,10 @@ def _setup_section(results: ToyRunResults) -> list[str]:
         "- Noise floor: the same MMD^2 between two independent draws of the target distribution "
         f"(q forward, p backward) of {results.n_points} points, mean of "
         f"{floor_repeats} draw pairs.",
-        "- Betas: " + ", ".join(
-            f"{get_pair(pair).title} {_betas_of(results, pair)}" for pair in results.references
-        ) + ".",
+        "- Betas: the weight of the transport cost of each method, per pair, is in the table below. "
+        "Single MMD always uses 0. " + BETA_CHOICE,
+        "",
+        *_betas_table(results),
     ]
 
 
@@ -385,13 +386,23 @@ def _runs_by_key(results: ToyRunResults) -> dict[tuple[str, str], dict]:
     return {(run["pair"], run["method"]): run for run in results.runs}
 
 
-def _betas_of(results: ToyRunResults, pair: str) -> str:
-    betas = [
-        f"{METHOD_TITLES[run['method']]} {run['beta']:g}"
-        for run in results.runs
-        if run["pair"] == pair and run["method"] != "single-mmd"
+def _betas_table(results: ToyRunResults) -> list[str]:
+    """Return a markdown table of the beta of each method with a transport cost, per pair."""
+    methods = [
+        method for method in ("symot", "one-direction", "swot")
+        if any(run["method"] == method for run in results.runs)
     ]
-    return "(" + ", ".join(betas) + ")" if betas else "(none)"
+    if not methods:
+        return ["No method with a transport cost was run."]
+    runs = _runs_by_key(results)
+    lines = [
+        "| pair | " + " | ".join(METHOD_TITLES[method] for method in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for pair in results.references:
+        cells = [f"{runs[(pair, method)]['beta']:g}" if (pair, method) in runs else "not run" for method in methods]
+        lines.append(f"| {get_pair(pair).title} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _scales(scales, unit: float | None = None) -> str:
