@@ -57,7 +57,9 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     if args.demo_dir is not None:
         pair_dirs = [args.demo_dir / name for name in ("t1t2", "ctmr") if (args.demo_dir / name / "cache").is_dir()]
         if not pair_dirs:
-            raise FileNotFoundError(f"{args.demo_dir} holds no t1t2/cache or ctmr/cache; run `symot-med demo --out {args.demo_dir}` first")
+            raise FileNotFoundError(
+                f"{args.demo_dir} has no slice cache (t1t2/cache or ctmr/cache); run `symot-med demo --out {args.demo_dir}` first"
+            )
         jobs = [(pair_dir / "cache", pair_dir) for pair_dir in pair_dirs]
         work = args.work or args.demo_dir / "latent_study"
     else:

@@ -192,15 +192,16 @@ def run_latent_study(
                                     direction == "inverse", latents == "quantized", snap, device)
             scores[variant] = score_slices(test[target], translated)
         results["translation"][name] = scores
-    folders = sorted(out_dir.iterdir())
+    # Training wall time per model folder; reused demo folders get the study's names.
+    folders = {folder.name: folder for folder in sorted(out_dir.iterdir())}
     if reuse_dir is not None:
-        folders += [reuse_dir / "autoencoder", reuse_dir / "flow"]
-    results["seconds"] = {
-        ("ae_shared" if folder.name == "autoencoder" else "flow_shared_quantized_per_level" if folder.name == "flow" else folder.name):
-        sum(record["seconds"] for record in json.loads((folder / "history.json").read_text()))
-        for folder in folders
-        if (folder / "history.json").is_file()
-    }
+        folders["ae_shared"] = reuse_dir / "autoencoder"
+        folders["flow_shared_quantized_per_level"] = reuse_dir / "flow"
+    results["seconds"] = {}
+    for name, folder in folders.items():
+        if (folder / "history.json").is_file():
+            history = json.loads((folder / "history.json").read_text())
+            results["seconds"][name] = sum(record["seconds"] for record in history)
     write_json(out_dir / "latent_study.json", results)
     return results
 
