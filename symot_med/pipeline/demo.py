@@ -38,6 +38,7 @@ from symot_med.config import DIRECTIONS, PAIRS, Pair, get_profile
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
 from symot_med.data.transforms import threshold_mask
+from symot_med.device import resolve_device
 from symot_med.evaluation.figures import FigureRow, translation_figure
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, VolumeTranslator
@@ -148,7 +149,7 @@ def autoencoder_scores(autoencoder_path: Path, cache: SliceCache, device: str) -
         pixels, sigma 1.5) and PSNR in dB on whole normalised slices with data range 1, through
         the codebooks, averaged over the modality's held-out slices.
     """
-    model = load_autoencoder(autoencoder_path)
+    model = load_autoencoder(autoencoder_path, device=resolve_device(device))
     scores = {}
     for modality in cache.manifest["intensity"]:
         slices = torch.from_numpy(cache.slices(modality, "test"))
