@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--cache", type=Path, nargs="+", help="slice cache folders from `prepare` (one per pair)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the trained models, reruns resume "
                         "(default: DEMO_DIR/latent_study; required with --cache)")
+    parser.add_argument("--pairs", nargs="+", choices=["t1t2", "ctmr"], default=["t1t2", "ctmr"],
+                        help="with --demo-dir: pairs to study (default: both)")
     parser.add_argument("--page", type=Path, default=DEFAULT_PAGE, help=f"markdown page to write (default: {DEFAULT_PAGE})")
     parser.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the demo profile's)")
     parser.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: the demo profile's)")
@@ -55,7 +57,7 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
     device = str(resolve_device(args.device))
     if args.demo_dir is not None:
-        pair_dirs = [args.demo_dir / name for name in ("t1t2", "ctmr") if (args.demo_dir / name / "cache").is_dir()]
+        pair_dirs = [args.demo_dir / name for name in args.pairs if (args.demo_dir / name / "cache").is_dir()]
         if not pair_dirs:
             raise FileNotFoundError(
                 f"{args.demo_dir} has no slice cache (t1t2/cache or ctmr/cache); run `symot-med demo --out {args.demo_dir}` first"
