@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -39,3 +42,26 @@ def layout_tree(tmp_path):
         return root
 
     return make
+
+
+def break_gzip_stream(path: Path, keep: float = 0.5) -> Path:
+    """Rewrite the .nii.gz ``path`` so that its header and length check out but reading its data fails.
+
+    The deflate stream holds the first ``keep`` of the uncompressed bytes, then a block of the
+    reserved type 3, which zlib rejects. The gzip trailer records the CRC32 and length of the
+    whole volume, so ``check_nifti`` accepts the file and only loading the data fails.
+    """
+    raw = gzip.decompress(path.read_bytes())
+    compressor = zlib.compressobj(wbits=-15)
+    body = compressor.compress(raw[: int(len(raw) * keep)]) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    reserved_block = b"\x06"  # BFINAL 0, BTYPE 3 on the byte boundary that Z_SYNC_FLUSH leaves
+    header = b"\x1f\x8b\x08\x00" + bytes(4) + b"\x00\xff"
+    trailer = struct.pack("<II", zlib.crc32(raw), len(raw) % 2**32)
+    path.write_bytes(header + body + reserved_block + trailer)
+    return path
+
+
+@pytest.fixture
+def broken_gzip():
+    """Return ``break_gzip_stream``, for tests that damage a volume in place."""
+    return break_gzip_stream

@@ -8,6 +8,7 @@ Inference must then write volumes with the input's shape, affine and header.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -328,6 +329,100 @@ def test_inference_rejects_output_inside_input_folder(trained, cohort):
     assert not output_dir.exists()
 
 
+def error_chain(error: BaseException) -> str:
+    """Messages of ``error`` and the exceptions that caused it, one per line, outermost first."""
+    messages = []
+    while error is not None:
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def copy_cohort(source: Path, destination: Path) -> Path:
+    """Copy a tiny cohort, so that a test can damage files or write into it without touching the shared one."""
+    shutil.copytree(source, destination)
+    return destination
+
+
+@pytest.mark.parametrize("inside", ["translated", "."])
+def test_inference_rejects_output_in_dataset_folder(cohort, tmp_path, inside):
+    dataset_dir = copy_cohort(cohort["t1t2"], tmp_path / "brats")
+    output_dir = dataset_dir / inside
+    before = sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*"))
+
+    # The output check runs in `initialize`, before the network and its weights are loaded.
+    with pytest.raises(RuntimeError) as error:
+        run_inference("t1t2", "forward", dataset_dir, tmp_path / "no_models", output_dir)
+
+    message = error_chain(error.value)
+    assert f"output folder {output_dir}" in message
+    assert f"input folder {dataset_dir.resolve()}" in message
+    assert f"choose an output folder outside {dataset_dir.resolve()}" in message
+    assert sorted(p.relative_to(dataset_dir) for p in dataset_dir.rglob("*")) == before
+
+
+def test_inference_truncated_volume_rejected_before_writing(cohort, tmp_path):
+    dataset_dir = copy_cohort(cohort["t1t2"], tmp_path / "brats")
+    bad = dataset_dir / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:-200])
+
+    with pytest.raises(RuntimeError) as error:
+        run_inference("t1t2", "forward", dataset_dir, tmp_path / "no_models", tmp_path / "out")
+
+    message = error_chain(error.value)
+    assert f"{bad} is truncated" in message
+    assert "replace or remove the file" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_unreadable_volume_names_file(trained, cohort, tmp_path, broken_gzip):
+    dataset_dir = copy_cohort(cohort["t1t2"], tmp_path / "brats")
+    bad = broken_gzip(dataset_dir / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz")
+
+    with pytest.raises(RuntimeError) as error:
+        run_inference("t1t2", "forward", dataset_dir, trained["t1t2"]["model_dir"], tmp_path / "out")
+
+    message = error_chain(error.value)
+    assert f"ValueError: cannot read {bad}: " in message
+    assert "replace or remove the file" in message
+
+
+def test_inference_default_dataset_dir_names_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = tiny_overrides("t1t2", tmp_path / "no_models")
+
+    with pytest.raises(RuntimeError) as error:
+        run(config_file=config("t1t2", "inference"), output_dir=str(tmp_path / "out"), **overrides)
+
+    message = error_chain(error.value)
+    assert "data folder demo_out/cohort/brats does not exist" in message
+    assert "pass --dataset_dir" in message
+    assert "the config's default dataset_dir" in message
+
+
+def test_inference_on_other_data_set_names_bundle(cohort, tmp_path):
+    with pytest.raises(RuntimeError) as error:
+        run_inference("t1t2", "forward", cohort["ctmr"], tmp_path / "no_models", tmp_path / "out")
+
+    message = error_chain(error.value)
+    assert "synthrad2023 layout, which contains modalities mr and ct, not t1" in message
+    assert "bundle symot_synthrad_ctmr" in message
+    assert "t1.nii.gz" not in message
+
+
+@pytest.mark.parametrize("pair_name", sorted(BUNDLES))
+def test_train_flow_without_autoencoder_names_config(tmp_path, pair_name):
+    overrides = {**tiny_overrides(pair_name, tmp_path / "models"), "work_dir": str(tmp_path / "work")}
+    overrides.pop("spacing")
+
+    with pytest.raises(RuntimeError) as error:
+        run(config_file=config(pair_name, "train_flow"), **overrides)
+
+    message = error_chain(error.value)
+    assert f"autoencoder checkpoint {tmp_path / 'models' / 'autoencoder.pt'} not found" in message
+    assert "run train_autoencoder.json first" in message
+
+
 def test_inference_without_weights_names_the_file(cohort, tmp_path):
     with pytest.raises(RuntimeError) as error:
         run_inference("t1t2", "forward", cohort["t1t2"], tmp_path / "no_models", tmp_path / "out")
@@ -400,6 +495,6 @@ def test_parsed_inference_config_builds_bundle_preprocessing():
     names = [type(t).__name__ for t in parser.get_parsed_content("preprocessing").transforms]
 
     assert names == [
-        "LoadImaged", "EnsureChannelFirstd", "ForegroundMaskd", "Orientationd", "Spacingd",
+        "LoadNiftid", "EnsureChannelFirstd", "ForegroundMaskd", "Orientationd", "Spacingd",
         "CropForegroundd", "ResizeWithPadOrCropd", "NormaliseModalityd",
     ]

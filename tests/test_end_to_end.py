@@ -192,8 +192,34 @@ def test_output_inside_input_folder_rejected(trained, tmp_path, capsys):
     code, err = _run_cli(capsys, ["translate", str(case / "BraTS2021_00000_t1.nii.gz"), "--model",
                                   str(trained["models"]["t1t2"]), "--direction", "forward", "--out", str(case), "--quiet"])
 
-    _assert_one_line_error(code, err, "inside the input folder")
+    _assert_one_line_error(code, err, "is the input folder")
     assert sorted(p.name for p in case.iterdir()) == before
+
+
+@pytest.mark.parametrize("inside", ["translated", "."])
+def test_output_inside_dataset_folder_rejected(trained, tmp_path, capsys, inside):
+    data = tmp_path / "brats"
+    shutil.copytree(trained["cohort"]["brats"], data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+
+    code, err = _run_cli(capsys, ["translate", str(data), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(data / inside), "--quiet"])
+
+    _assert_one_line_error(code, err, f"input folder {data.resolve()}", f"choose an output folder outside {data.resolve()}")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_truncated_volume_rejected_before_writing(trained, tmp_path, capsys):
+    data = tmp_path / "brats"
+    shutil.copytree(trained["cohort"]["brats"], data)
+    bad = data / "BraTS2021_00002" / "BraTS2021_00002_t1.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:-500])
+
+    code, err = _run_cli(capsys, ["translate", str(data), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"{bad} is truncated", "replace or remove the file")
+    assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_traceback(tmp_path):

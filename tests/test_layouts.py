@@ -1,8 +1,15 @@
+import gzip
 from pathlib import Path
 
 import pytest
 
-from symot_med.data.layouts import LayoutError, discover_cases, match_layout, read_case
+from symot_med.data.layouts import LayoutError, check_nifti, discover_cases, match_layout, read_case
+
+
+def truncate(path: Path, keep: float = 0.6) -> None:
+    """Cut ``path`` to the first ``keep`` fraction of its bytes, as an interrupted download does."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
 
 
 @pytest.mark.parametrize(
@@ -63,6 +70,75 @@ def test_non_nifti_file_rejected_with_its_name(layout_tree):
 
     with pytest.raises(LayoutError, match="ct.nii.gz"):
         discover_cases(root, ("mr", "ct"))
+
+
+def test_truncated_gzip_volume_rejected(layout_tree):
+    root = layout_tree("brats2021")
+    bad = root / "BraTS2021_00000" / "BraTS2021_00000_t2.nii.gz"
+    truncate(bad)
+
+    with pytest.raises(LayoutError, match="truncated") as error:
+        discover_cases(root, ("t1", "t2"))
+
+    assert str(bad) in str(error.value)
+    assert "replace or remove the file" in str(error.value)
+
+
+def test_truncated_uncompressed_volume_rejected(layout_tree):
+    root = layout_tree("brats2020")
+    bad = root / "BraTS20_Training_001" / "BraTS20_Training_001_t1.nii"
+    truncate(bad, keep=0.9)
+
+    with pytest.raises(LayoutError, match="truncated") as error:
+        discover_cases(root, ("t1", "t2"))
+
+    assert str(bad) in str(error.value)
+
+
+def test_gzip_with_trailing_bytes_accepted(layout_tree):
+    """A complete volume followed by extra bytes has a gzip trailer that differs from the header's length."""
+    root = layout_tree("brats2021")
+    path = root / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz"
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + b"\0" * 16))
+
+    check_nifti(path)
+
+
+def test_corrupt_mask_rejected_up_front(layout_tree):
+    root = layout_tree("synthrad2023")
+    mask = root / "Task1" / "brain" / "1BA001" / "mask.nii.gz"
+    truncate(mask)
+
+    with pytest.raises(LayoutError, match="mask.nii.gz"):
+        discover_cases(root, ("mr", "ct"))
+
+
+def test_unchecked_discovery_skips_mask(layout_tree):
+    root = layout_tree("synthrad2023")
+    truncate(root / "Task1" / "brain" / "1BA001" / "mask.nii.gz")
+
+    cases = discover_cases(root, ("mr", "ct"), check_files=False)
+
+    assert cases[0].mask.name == "mask.nii.gz"
+
+
+@pytest.mark.parametrize(
+    "layout, modalities, held, suggestion",
+    [
+        ("synthrad2023", ("t1", "t2"), "mr and ct, not t1", "the ctmr pair (bundle symot_synthrad_ctmr)"),
+        ("brats2021", ("ct", "mr"), "t1, t1ce, t2 and flair, not ct", "the t1t2 pair (bundle symot_brats_t1t2)"),
+    ],
+)
+def test_modality_of_other_data_set_names_pair(layout_tree, layout, modalities, held, suggestion):
+    root = layout_tree(layout)
+
+    with pytest.raises(LayoutError) as error:
+        discover_cases(root, modalities)
+
+    message = str(error.value)
+    assert held in message
+    assert suggestion in message
+    assert "expected" not in message
 
 
 def test_unknown_folder_lists_expected_layouts(tmp_path):

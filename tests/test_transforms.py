@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from symot_med.config import Profile
-from symot_med.data.transforms import IntensityScale, preprocess_volume, to_native
+from symot_med.data.transforms import IntensityScale, LoadNiftid, preprocess_volume, to_native
 
 
 def smooth_ball(shape):
@@ -22,6 +22,13 @@ def oblique_affine(spacing=(1.2, 0.9, 2.0)):
     affine[:3, :3] = rotation @ np.diag([-spacing[0], -spacing[1], spacing[2]])
     affine[:3, 3] = [30.0, -20.0, 10.0]
     return affine
+
+
+def write_unreadable_volume(path, broken_gzip):
+    """Write a noisy .nii.gz whose header passes ``check_nifti`` but whose data cannot be read."""
+    noise = np.random.default_rng(0).uniform(0, 1000, size=(40, 40, 20)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), str(path))
+    return broken_gzip(path)
 
 
 def test_ras_volume_round_trip_exact(tmp_path):
@@ -124,3 +131,33 @@ def test_to_native_rejects_wrong_shape(tmp_path):
 
     with pytest.raises(ValueError, match="record expects"):
         to_native(np.zeros((5, 5, 5), dtype=np.float32), pre.record)
+
+
+def test_load_niftid_names_unreadable_file(tmp_path, broken_gzip):
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(smooth_ball((20, 20, 10)), np.eye(4)), str(good))
+    bad = write_unreadable_volume(tmp_path / "bad.nii.gz", broken_gzip)
+    loader = LoadNiftid(keys=["image", "mask"])
+
+    with pytest.raises(ValueError) as error:
+        loader({"image": str(good), "mask": str(bad)})
+
+    assert str(error.value).startswith(f"cannot read {bad}: ")
+    assert "invalid block type" in str(error.value)
+    assert str(error.value).endswith("replace or remove the file")
+
+
+def test_load_niftid_rejects_metadata_dictionaries():
+    with pytest.raises(ValueError, match="image_only=True"):
+        LoadNiftid(keys="image", image_only=False)
+
+
+def test_preprocess_names_file_and_cause(tmp_path, broken_gzip):
+    bad = write_unreadable_volume(tmp_path / "v.nii.gz", broken_gzip)
+
+    with pytest.raises(ValueError) as error:
+        preprocess_volume(bad, "t1", Profile("t", "brats", (1.0, 1.0, 1.0), (24, 24)))
+
+    assert f"preprocessing {bad} failed: cannot read {bad}" in str(error.value)
+    assert "invalid block type" in str(error.value)
+    assert "applying transform" not in str(error.value)

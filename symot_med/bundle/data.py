@@ -18,8 +18,10 @@ from torch.utils.data import Dataset
 
 from symot_med.config import Direction, Pair
 from symot_med.data.layouts import discover_cases
+from symot_med.models.vqvae2 import VQVAE2
 from symot_med.data.slices import SliceCache, split_cases
 from symot_med.pipeline.stages import _validation_split
+from symot_med.training.autoencoder import load_autoencoder
 from symot_med.training.flow import encode_slices
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,33 @@ def find_bundle_root(name: str) -> str:
     )
 
 
+def dataset_folder(dataset_dir: str | os.PathLike) -> Path:
+    """Return ``dataset_dir`` as a Path, raising FileNotFoundError that names ``--dataset_dir`` when it is missing."""
+    folder = Path(dataset_dir)
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"data folder {folder} does not exist; pass --dataset_dir with your data set folder "
+            "(without --dataset_dir the bundle reads the config's default dataset_dir, relative to "
+            "the current folder)"
+        )
+    return folder
+
+
+def trained_autoencoder(path: str | os.PathLike, device: str | torch.device) -> VQVAE2:
+    """Load the autoencoder that train_autoencoder.json writes, in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` is missing, with the hint to run train_autoencoder.json first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"autoencoder checkpoint {path} not found; run train_autoencoder.json first, with the same "
+            "--model_dir and --work_dir, because it trains the autoencoder and writes the slice cache"
+        )
+    return load_autoencoder(path, device=device)
+
+
 def inference_datalist(dataset_dir: str | os.PathLike, pair: Pair, direction: Direction) -> list[dict[str, str]]:
     """List the input volumes of ``direction`` under ``dataset_dir``.
 
@@ -61,7 +90,7 @@ def inference_datalist(dataset_dir: str | os.PathLike, pair: Pair, direction: Di
     """
     modality = pair.input_modality(direction)
     items = []
-    for case in discover_cases(dataset_dir, [modality]):
+    for case in discover_cases(dataset_folder(dataset_dir), [modality]):
         item = {"image": str(case.image(modality))}
         if case.mask is not None:
             item["mask"] = str(case.mask)
@@ -82,7 +111,7 @@ def evaluation_datalist(
     """
     input_modality = pair.input_modality(direction)
     output_modality = pair.output_modality(direction)
-    cases = discover_cases(dataset_dir, [input_modality, output_modality])
+    cases = discover_cases(dataset_folder(dataset_dir), [input_modality, output_modality])
     _, test_ids = split_cases([case.case_id for case in cases], test_fraction, seed)
 
     items = []

@@ -78,7 +78,7 @@ def run_translate(args: argparse.Namespace) -> int:
 
     pair = get_pair(read_baseline_card(args.model)["pair"])
     jobs = _translate_jobs(args.inputs, pair, args.direction, args.mask)
-    check_output_folder(args.out, [image for image, _ in jobs])
+    check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
     translator = BaselineTranslator(args.model, device=args.device)
     for image, mask in jobs:
         translator.translate_file(image, args.direction, args.out, mask_path=mask)

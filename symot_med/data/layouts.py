@@ -7,12 +7,17 @@ names to files. Canonical names are ``t1``, ``t1ce``, ``t2``, ``flair`` (BraTS) 
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
+
+from symot_med.config import PAIRS
 
 LAYOUT_HELP = (
     "expected one of: BraTS 2020 (BraTS20_Training_001/BraTS20_Training_001_t1.nii), "
@@ -35,6 +40,7 @@ class LayoutSpec:
         case_pattern: regular expression a case folder name must match in full.
         file_names: canonical modality -> file name template; ``{case}`` is the case id.
         extensions: accepted file endings, tried in order.
+        dataset: data set family, ``brats`` or ``synthrad``, as in ``symot_med.config.Pair``.
         mask: file name template of the body or brain mask, or None when the layout has none.
         seg: file name template of the segmentation, or None.
     """
@@ -43,6 +49,7 @@ class LayoutSpec:
     case_pattern: str
     file_names: dict[str, str]
     extensions: tuple[str, ...]
+    dataset: str
     mask: str | None = None
     seg: str | None = None
 
@@ -53,6 +60,7 @@ LAYOUTS: tuple[LayoutSpec, ...] = (
         case_pattern=r"BraTS20_(Training|Validation)_\d{3}",
         file_names={m: "{case}_" + m for m in ("t1", "t1ce", "t2", "flair")},
         extensions=(".nii", ".nii.gz"),
+        dataset="brats",
         seg="{case}_seg",
     ),
     LayoutSpec(
@@ -60,6 +68,7 @@ LAYOUTS: tuple[LayoutSpec, ...] = (
         case_pattern=r"BraTS2021_\d{5}",
         file_names={m: "{case}_" + m for m in ("t1", "t1ce", "t2", "flair")},
         extensions=(".nii.gz", ".nii"),
+        dataset="brats",
         seg="{case}_seg",
     ),
     LayoutSpec(
@@ -67,6 +76,7 @@ LAYOUTS: tuple[LayoutSpec, ...] = (
         case_pattern=r"BraTS-[A-Z]{2,4}-\d{5}-\d{3}",
         file_names={"t1": "{case}-t1n", "t1ce": "{case}-t1c", "t2": "{case}-t2w", "flair": "{case}-t2f"},
         extensions=(".nii.gz", ".nii"),
+        dataset="brats",
         seg="{case}-seg",
     ),
     LayoutSpec(
@@ -74,6 +84,7 @@ LAYOUTS: tuple[LayoutSpec, ...] = (
         case_pattern=r"1B[A-C]\d{3}",
         file_names={"mr": "mr", "ct": "ct"},
         extensions=(".nii.gz", ".nii"),
+        dataset="synthrad",
         mask="mask",
     ),
 )
@@ -104,12 +115,27 @@ class Case:
         """Return the file of ``modality``, raising LayoutError when the case lacks it."""
         if modality not in self.images:
             spec = layout_spec(self.layout)
+            if modality not in spec.file_names:
+                raise LayoutError(_foreign_modality_message(spec, modality, self.case_id))
             expected = _expected_name(spec, spec.file_names.get(modality, modality), self.case_id)
             raise LayoutError(
                 f"missing {modality} image for case {self.case_id}: expected {self.folder / expected} "
                 f"({self.layout} layout)"
             )
         return self.images[modality]
+
+
+def _foreign_modality_message(spec: LayoutSpec, modality: str, case_id: str) -> str:
+    """Build the error for a modality that ``spec`` has no file for, naming the pair that fits the data."""
+    modalities = list(spec.file_names)
+    modalities_text = ", ".join(modalities[:-1]) + " and " + modalities[-1]
+    pairs = [pair for pair in PAIRS.values() if pair.dataset == spec.dataset]
+    # Bundle folders are named symot_<dataset>_<pair>, for example symot_brats_t1t2.
+    suggestions = " or ".join(f"the {pair.name} pair (bundle symot_{pair.dataset}_{pair.name})" for pair in pairs)
+    return (
+        f"case {case_id} is in the {spec.name} layout, which contains modalities {modalities_text}, not {modality}; "
+        f"use {suggestions} for this data set"
+    )
 
 
 def layout_spec(name: str) -> LayoutSpec:
@@ -181,7 +207,13 @@ def _case_folders(root: Path) -> list[Path]:
 
 
 def check_nifti(path: Path) -> None:
-    """Raise LayoutError naming ``path`` when it is not a readable 3D NIfTI file."""
+    """Raise LayoutError naming ``path`` when it is not a readable 3D NIfTI file or is truncated.
+
+    Reads the header and compares the data length it describes with the file's length. For
+    ``.nii.gz`` that is the uncompressed length in the gzip trailer (4 bytes read), and the file
+    is decompressed only when the trailer disagrees. A corrupt byte inside a gzip stream of the
+    right length passes this check and fails when the data is loaded.
+    """
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises several types for a bad file
@@ -191,6 +223,38 @@ def check_nifti(path: Path) -> None:
     if len(image.shape) != 3:
         raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume")
 
+    # The loaded image's header reports offset 0; the array proxy keeps the file's vox_offset.
+    proxy = image.dataobj
+    expected = int(proxy.offset) + int(np.prod(image.shape)) * proxy.dtype.itemsize
+    length = _uncompressed_length(path, expected)
+    if length < expected:
+        raise LayoutError(
+            f"{path} is truncated: {length} bytes, but its header describes {expected} bytes "
+            f"(shape {image.shape}, {proxy.dtype}); replace or remove the file"
+        )
+
+
+def _uncompressed_length(path: Path, expected: int) -> int:
+    """Length in bytes of ``path`` after decompression; exact whenever it is below ``expected``."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+
+    # The gzip trailer ends with the uncompressed length modulo 2**32 (RFC 1952, ISIZE).
+    with path.open("rb") as stream:
+        stream.seek(-4, 2)
+        trailer_length = int.from_bytes(stream.read(4), "little")
+    if trailer_length == expected % 2**32:
+        return expected
+
+    length = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                length += len(chunk)
+    except (EOFError, OSError, zlib.error) as error:
+        raise LayoutError(f"{path} is truncated or corrupt ({error}); replace or remove the file") from None
+    return length
+
 
 def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, check_files: bool = True) -> list[Case]:
     """Find every case under ``root``.
@@ -199,14 +263,15 @@ def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, ch
         root: a data set folder (holding case folders, or ``Task1/brain`` for SynthRAD2023) or
             one case folder.
         modalities: canonical modalities every case must have; a case that lacks one raises.
-        check_files: read each required file's header and raise when it is not NIfTI.
+        check_files: check each required image and each case's mask with ``check_nifti``.
 
     Returns:
         Cases sorted by id.
 
     Raises:
         LayoutError: ``root`` is missing, contains no case folder of a known layout, mixes
-            layouts, or a case lacks a required modality or contains a file that is not NIfTI.
+            layouts, or a case lacks a required modality or contains a file that is not NIfTI
+            or is truncated.
     """
     root = Path(root)
     if not root.exists():
@@ -228,4 +293,6 @@ def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, ch
             path = case.image(modality)
             if check_files:
                 check_nifti(path)
+        if check_files and case.mask is not None:
+            check_nifti(case.mask)
     return cases

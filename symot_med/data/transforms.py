@@ -17,13 +17,16 @@ the input's grid.
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -113,6 +116,30 @@ def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
     return mask
 
 
+class LoadNiftid(LoadImaged):
+    """``LoadImaged`` with the nibabel reader whose read errors name the file.
+
+    A file that cannot be read (truncated, corrupt gzip stream) raises ValueError
+    ``cannot read <path>: <cause>; replace or remove the file``, where MONAI 1.6's own error
+    names neither the file nor the key. Only ``image_only=True`` is supported, so the loaded value
+    is a MetaTensor that carries its metadata.
+    """
+
+    def __init__(self, keys: KeysCollection, reader: str = "NibabelReader", image_only: bool = True, **kwargs: Any) -> None:
+        if not image_only:
+            raise ValueError("LoadNiftid supports image_only=True only; use LoadImaged for separate metadata dictionaries")
+        super().__init__(keys, reader=reader, image_only=True, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: ImageReader | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = self._loader(d[key], reader)
+            except Exception as error:  # nibabel, gzip and zlib raise several types for a damaged file
+                raise ValueError(f"cannot read {d[key]}: {error}; replace or remove the file") from error
+        return d
+
+
 class ForegroundMaskd(MapTransform):
     """Add ``mask`` (1, H, W, D) from the mask file when loaded, else from ``threshold_mask``."""
 
@@ -171,7 +198,7 @@ def build_preprocessing(modality: str, profile: Profile, with_mask_file: bool) -
 
     return Compose(
         [
-            LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            LoadNiftid(keys=keys, dtype=np.float32),
             EnsureChannelFirstd(keys=keys, channel_dim="no_channel"),
             ForegroundMaskd(modality),
             Orientationd(keys=all_keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
@@ -241,7 +268,8 @@ def preprocess_volume(
     except LayoutError:
         raise
     except Exception as error:  # MONAI wraps errors of its transforms in RuntimeError
-        raise ValueError(f"preprocessing {image_path} failed: {error}") from error
+        cause = error.__cause__ or error
+        raise ValueError(f"preprocessing {image_path} failed: {cause}") from error
 
     image = out["image"]
     record = GridRecord(

@@ -12,7 +12,7 @@ any function from normalised slices to normalised slices, so the baselines in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +72,21 @@ def output_name(image_path: Path, input_modality: str, output_modality: str) -> 
     return f"{case}_{input_modality}_to_{output_modality}.nii.gz"
 
 
-def check_output_folder(out_dir: Path, inputs: list[Path]) -> None:
-    """Raise ValueError when ``out_dir`` is an input's folder or lies inside one."""
+def check_output_folder(out_dir: Path, inputs: Sequence[Path], folders: Sequence[Path] = ()) -> None:
+    """Raise ValueError when ``out_dir`` is, or lies inside, an input's folder or one of ``folders``.
+
+    Args:
+        out_dir: output folder, which need not exist yet.
+        inputs: input files; the folder of each is protected.
+        folders: further input folders to protect, such as the data set folder the inputs were
+            found in (its case folders are the inputs' own folders, so those alone miss it).
+    """
     resolved = out_dir.resolve()
-    for path in inputs:
-        folder = path.resolve().parent
+    protected = [path.resolve().parent for path in inputs] + [Path(folder).resolve() for folder in folders]
+    for folder in protected:
         if resolved == folder or folder in resolved.parents:
-            raise ValueError(
-                f"output folder {out_dir} is inside the input folder {folder}; "
-                "choose an output folder outside the input data"
-            )
+            relation = "is the input folder" if resolved == folder else "is inside the input folder"
+            raise ValueError(f"output folder {out_dir} {relation} {folder}; choose an output folder outside {folder}")
 
 
 @dataclass
