@@ -169,6 +169,16 @@ def test_page_names_command_and_misses(tmp_path):
     assert "0 of 8 checks pass, 8 miss" in page
 
 
+def test_page_lists_betas_per_method(tmp_path):
+    results = _fake_results(symot_cost=1.0, rival_cost=1.1, symot_mmd=0.02)
+    results.runs[2]["beta"] = 1e-3  # the SWOT-Flow run
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert "| pair | SyMOT-Flow | SWOT-Flow |" in page
+    assert "| 8 Gauss to 8 Gauss | 0.1 | 0.001 |" in page
+
+
 def test_run_toy_trains_repeated_job_once():
     jobs = plan_jobs(
         ["gauss-gauss"], ["symot"], TINY, n_points=64, sweep_pair="gauss-gauss", sweep_betas=(0.5, 2.0),

@@ -402,7 +402,7 @@ def _betas_table(results: ToyRunResults) -> list[str]:
     for pair in results.references:
         cells = [f"{runs[(pair, method)]['beta']:g}" if (pair, method) in runs else "not run" for method in methods]
         lines.append(f"| {get_pair(pair).title} | " + " | ".join(cells) + " |")
-    return lines
+    return lines + [""]
 
 
 def _scales(scales, unit: float | None = None) -> str:
