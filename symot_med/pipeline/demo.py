@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Settings of one demo run; the defaults fit a 2-core CPU in under 20 minutes."""
+    """Settings of one demo run; the defaults train both pairs on a 2-core CPU."""
 
     seed: int = 0
     subjects: int = 12
