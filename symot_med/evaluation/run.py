@@ -207,6 +207,9 @@ def comparison_markdown(payload: dict) -> str:
     lines += [
         "## Settings",
         "",
+        "Every learned method trains on the training slices of the same slice cache (the same "
+        "training subjects, unpaired) and is scored on the same held-out subjects. Training time "
+        "is wall time from each model's training history, on a machine that other jobs may share.",
         fid_note,
         f"Python {environment['python']}, torch {environment['torch']}, {environment['cpu_cores']} CPU cores, "
         f"{environment['torch_threads']} torch threads; load average {environment['load_average_start']} at the start "
