@@ -32,8 +32,9 @@ def lsgan_loss(scores: Tensor | list[Tensor], real: bool) -> Tensor:
 class ImagePool:
     """Buffer of up to ``size`` generated images, so that the discriminator is also trained on older fakes.
 
-    ``query`` stores each new image while the pool fills; then, with probability 0.5, it returns
-    a stored image and keeps the new one in its place, else it returns the new image.
+    ``query`` stores each new image while the pool fills. Once it is full, each new image is
+    swapped with probability 0.5 for a random stored one, which is returned instead; otherwise
+    the new image itself is returned.
     """
 
     def __init__(self, size: int = POOL_SIZE) -> None:
