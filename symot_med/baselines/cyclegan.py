@@ -32,9 +32,9 @@ def lsgan_loss(scores: Tensor | list[Tensor], real: bool) -> Tensor:
 class ImagePool:
     """Buffer of up to ``size`` generated images, so that the discriminator is also trained on older fakes.
 
-    ``query`` stores each new image while the pool fills. Once it is full, each new image is
-    swapped with probability 0.5 for a random stored one, which is returned instead; otherwise
-    the new image itself is returned.
+    ``query`` stores each new image while the pool fills. Once it is full, a new image is
+    returned as it is with probability 0.5. Otherwise it replaces a random stored image, and
+    the stored image is returned.
     """
 
     def __init__(self, size: int = POOL_SIZE) -> None:
