@@ -24,6 +24,17 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
 
 
+def add_translate_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """Add the inputs, model, direction, output, mask, device and common options of a translate command."""
+    parser.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
+    parser.add_argument("--model", type=Path, required=True, help=model_help)
+    parser.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
+    parser.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")
+    add_device_option(parser)
+    add_common_options(parser)
+
+
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu or cuda (default: auto)")
 
@@ -82,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
 
     p = commands.add_parser("translate", help="translate NIfTI volumes into the other modality, in their own space")
-    p.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
-    p.add_argument("--model", type=Path, required=True, help="model folder written by `train-flow` (contains model.json)")
-    p.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
-    p.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
-    p.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")
-    add_device_option(p)
-    add_common_options(p)
+    add_translate_arguments(p, "model folder written by `train-flow` (contains model.json)")
 
     p = commands.add_parser("demo", help="run the whole chain on the demo cohort: both pairs, all four directions")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out; reruns resume)")
@@ -114,7 +119,7 @@ def _register_command_modules(commands: argparse._SubParsersAction) -> None:
         module.register(commands)
 
 
-def _override(config, **values):
+def override_fields(config, **values):
     """Return a copy of dataclass ``config`` with the non-None ``values`` replaced."""
     return type(config)(**{**asdict(config), **{k: v for k, v in values.items() if v is not None}})
 
@@ -133,7 +138,7 @@ def _autoencoder_file(path: Path) -> Path:
     return path / "autoencoder.pt" if path.is_dir() else path
 
 
-def _translate_jobs(inputs: list[Path], pair, direction: str, mask: Path | None) -> list[tuple[Path, Path | None]]:
+def translate_jobs(inputs: list[Path], pair, direction: str, mask: Path | None) -> list[tuple[Path, Path | None]]:
     """Resolve files and folders to (image, mask) jobs, checking every file before any work."""
     from symot_med.data.layouts import LAYOUT_HELP, LayoutError, check_nifti, discover_cases
 
@@ -182,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         from symot_med.pipeline.stages import train_ae_stage
 
         settings = _training_settings(args)
-        config = _override(settings.autoencoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        config = override_fields(settings.autoencoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         logger.info("autoencoder settings: %s, model %s", asdict(config), asdict(settings.vqvae2))
         train_ae_stage(args.cache, args.out, config, settings.vqvae2, args.device, progress)
 
@@ -192,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
         pair = get_pair(SliceCache.open(args.cache).manifest["pair"])
         settings = _training_settings(args)
-        config = _override(settings.flow, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta, seed=args.seed)
+        config = override_fields(settings.flow, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta, seed=args.seed)
         logger.info("flow settings: %s", asdict(config))
         train_flow_stage(args.cache, _autoencoder_file(args.autoencoder), args.out, pair, config, args.device, progress)
 
@@ -200,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         from symot_med.inference.translate import Translator, check_output_folder, read_model_card
 
         pair = get_pair(read_model_card(args.model)["pair"])
-        jobs = _translate_jobs(args.inputs, pair, args.direction, args.mask)
+        jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
         check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
         translator = Translator(args.model, device=args.device)
         for image, mask in jobs:
@@ -220,11 +225,11 @@ def run(args: argparse.Namespace) -> int:
                     f"config file {args.config}: the demo trains each pair with its own beta "
                     "(1e-5 for t1t2, 1e-3 for ctmr); remove flow.beta, or set beta with `symot-med train-flow`"
                 )
-            settings.autoencoder = _override(settings.autoencoder, **sections.get("autoencoder", {}))
-            settings.model = _override(settings.model, **sections.get("vqvae2", {}))
-            settings.flow = _override(settings.flow, **sections.get("flow", {}))
-        settings.autoencoder = _override(settings.autoencoder, epochs=args.ae_epochs, seed=args.seed)
-        settings.flow = _override(settings.flow, epochs=args.flow_epochs, seed=args.seed)
+            settings.autoencoder = override_fields(settings.autoencoder, **sections.get("autoencoder", {}))
+            settings.model = override_fields(settings.model, **sections.get("vqvae2", {}))
+            settings.flow = override_fields(settings.flow, **sections.get("flow", {}))
+        settings.autoencoder = override_fields(settings.autoencoder, epochs=args.ae_epochs, seed=args.seed)
+        settings.flow = override_fields(settings.flow, epochs=args.flow_epochs, seed=args.seed)
         command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "symot-med demo"
         metrics = run_demo(args.out, settings, progress=progress, command=command)
         _log_demo_summary(metrics, args.out)

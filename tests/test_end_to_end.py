@@ -266,7 +266,7 @@ def test_latent_study_scores_every_variant(trained, tmp_path):
     assert "separate, quantized" in page
 
 
-def test_pairing_ratio_matches_hand_computation():
+def test_pairing_ratio_by_hand():
     from symot_med.experiments.latent_study import pairing_ratio
 
     x = (torch.tensor([[0.0], [1.0], [3.0]]),)
@@ -279,7 +279,7 @@ def test_pairing_ratio_matches_hand_computation():
     assert ratio == pytest.approx(paired / unpaired)
 
 
-def test_score_slices_of_identical_slices():
+def test_score_identical_slices():
     from symot_med.experiments.latent_study import score_slices
 
     truth = np.zeros((3, 1, 16, 16), dtype=np.float32)
@@ -289,7 +289,7 @@ def test_score_slices_of_identical_slices():
     assert scores["psnr"] == float("inf")
 
 
-def test_latent_study_reuses_matching_demo_models(trained, tmp_path):
+def test_latent_study_reuses_demo_models(trained, tmp_path):
     from symot_med.experiments.latent_study import run_latent_study
 
     pair_dir = trained["root"] / "t1t2"

@@ -38,7 +38,7 @@ def _random(*shape: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def test_joint_latent_flow_round_trip_and_mixes_levels():
+def test_joint_flow_inverts_and_couples():
     shapes = [(4, 3, 3), (4, 6, 6)]
     flow = LatentFlow(shapes, n_blocks=2, hidden=8, n_res_blocks=1, layout="joint")
     _perturb_parameters(flow, seed=3, std=0.1)
@@ -58,7 +58,7 @@ def test_joint_latent_flow_round_trip_and_mixes_levels():
     assert LatentFlow.from_config(flow.config()).layout == "joint"
 
 
-def test_joint_latent_flow_rejects_incommensurate_levels():
+def test_joint_flow_rejects_uneven_levels():
     with pytest.raises(ValueError, match="integer multiple"):
         LatentFlow([(4, 3, 3), (4, 7, 6)], n_blocks=1, hidden=4, n_res_blocks=1, layout="joint")
 

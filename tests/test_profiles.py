@@ -11,7 +11,7 @@ from symot_med.config import get_pair
 from symot_med.training.profiles import profile_settings, read_config_file, training_settings
 
 
-def test_paper_profile_matches_published_settings():
+def test_paper_profile_published_settings():
     t1t2 = profile_settings("paper", get_pair("t1t2"))
     ctmr = profile_settings("paper", get_pair("ctmr"))
 
@@ -52,7 +52,7 @@ def test_config_file_overrides_profile(tmp_path):
         ('{"flow": {"epochs": 0}}', "section 'flow'.*epochs must be >= 1"),
     ],
 )
-def test_bad_config_file_names_file_and_value(tmp_path, text, message):
+def test_bad_config_file_rejected(tmp_path, text, message):
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(ValueError, match=message) as error:

@@ -267,7 +267,7 @@ def test_train_flow_writes_outputs_and_inverts(tmp_path, tiny_autoencoder):
         torch.testing.assert_close(back, original, rtol=0, atol=1e-4, msg=f"level {level}")
 
 
-def test_train_flow_resume_matches_uninterrupted(tmp_path, tiny_autoencoder, monkeypatch):
+def test_flow_resume_matches_uninterrupted(tmp_path, tiny_autoencoder, monkeypatch):
     model = load_autoencoder(tiny_autoencoder)
     x_slices, z_slices = blob_slices(12, seed=4), blob_slices(10, seed=5, contrast=0.6)
     whole = load_flow(train_flow(model, x_slices, z_slices, tmp_path / "whole", TINY_FLOW, "cpu", False))
@@ -295,7 +295,7 @@ def test_train_flow_resume_matches_uninterrupted(tmp_path, tiny_autoencoder, mon
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
 
 
-def test_learning_rate_cosine_ends_at_final_fraction():
+def test_cosine_schedule_end_points():
     config = FlowTrainConfig(epochs=2, lr=1e-3, final_lr_fraction=0.1)
     assert learning_rate(config, 0, 11) == pytest.approx(1e-3)
     assert learning_rate(config, 5, 11) == pytest.approx(0.55e-3)
@@ -304,7 +304,7 @@ def test_learning_rate_cosine_ends_at_final_fraction():
     assert learning_rate(constant, 7, 11) == 1e-3
 
 
-def test_weight_average_follows_hand_computed_average():
+def test_weight_average_matches_hand_sum():
     network = torch.nn.Linear(1, 1, bias=False)
     average = WeightAverage(network, decay=0.5)
     expected = network.weight.detach().item()
@@ -318,7 +318,7 @@ def test_weight_average_follows_hand_computed_average():
     assert network.weight.detach().item() == 3.0
 
 
-def test_flow_checkpoint_records_round_trip_on_latents(tmp_path, tiny_autoencoder):
+def test_flow_records_round_trip(tmp_path, tiny_autoencoder):
     model = load_autoencoder(tiny_autoencoder)
     x_slices, z_slices = blob_slices(12, seed=4), blob_slices(10, seed=5, contrast=0.6)
     path = train_flow(model, x_slices, z_slices, tmp_path, TINY_FLOW, "cpu", False)

@@ -115,6 +115,10 @@ class FlowIteration:
     Returns:
         Floats: every loss term (``total``, ``mmd_forward``, ``mmd_inverse``, ``cost_forward``,
         ``cost_inverse``) and ``grad_norm``, the gradient norm before clipping.
+
+    NOTE: unlike ``symot_med.training.flow.train_flow``, this step keeps no moving average of
+    the weights and the configs set no per-step cosine schedule, so the bundles save the last
+    step's flow and ignore ``FlowTrainConfig.ema_decay`` and ``lr_schedule``.
     """
 
     def __init__(self, n_levels: int = 2, grad_clip: float = 1.0) -> None:

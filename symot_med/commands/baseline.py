@@ -12,8 +12,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from symot_med.cli import add_common_options, add_device_option
-from symot_med.config import DIRECTIONS
+from symot_med.cli import add_common_options, add_device_option, add_translate_arguments, override_fields, translate_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_train, command="baseline train")
 
     p = actions.add_parser("translate", help="translate NIfTI volumes with a trained baseline, in their own space")
-    p.add_argument("inputs", type=Path, nargs="+", help="NIfTI files of the input modality, or case / data set folders")
-    p.add_argument("--model", type=Path, required=True, help="model folder from `baseline train` (contains baseline.json)")
-    p.add_argument("--direction", choices=DIRECTIONS, required=True, help="forward: source to target (T1->T2, CT->MR); inverse: back")
-    p.add_argument("--out", type=Path, required=True, help="output folder, outside the input folders")
-    p.add_argument("--mask", type=Path, default=None, help="mask NIfTI for a single input file (default: mask file of the case, else a threshold)")
-    add_device_option(p)
-    add_common_options(p)
+    add_translate_arguments(p, "model folder from `baseline train` (contains baseline.json)")
     p.set_defaults(handler=run_translate, command="baseline translate")
-
-
-def override(config, **values):
-    """Return a copy of dataclass ``config`` with the non-None ``values`` replaced."""
-    return type(config)(**{**asdict(config), **{k: v for k, v in values.items() if v is not None}})
 
 
 def run_train(args: argparse.Namespace) -> int:
     from symot_med.baselines.networks import NetworkConfig
     from symot_med.baselines.training import BaselineTrainConfig, train_baseline_stage
 
-    config = override(BaselineTrainConfig(), epochs=args.epochs, decay_epochs=args.decay_epochs,
+    config = override_fields(BaselineTrainConfig(), epochs=args.epochs, decay_epochs=args.decay_epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    network = override(NetworkConfig(), filters=args.filters, res_blocks=args.res_blocks, disc_filters=args.disc_filters)
+    network = override_fields(NetworkConfig(), filters=args.filters, res_blocks=args.res_blocks, disc_filters=args.disc_filters)
     logger.info("baseline %s: train config %s, network %s", args.method, asdict(config), asdict(network))
     folder = train_baseline_stage(args.method, args.cache, args.out, config, network, args.device, progress=not args.quiet)
     logger.info("baseline model in %s", folder)
@@ -72,12 +60,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_translate(args: argparse.Namespace) -> int:
     from symot_med.baselines.training import read_baseline_card
     from symot_med.baselines.translate import BaselineTranslator
-    from symot_med.cli import _translate_jobs  # the input resolution of `symot-med translate`
     from symot_med.config import get_pair
     from symot_med.inference.translate import check_output_folder
 
     pair = get_pair(read_baseline_card(args.model)["pair"])
-    jobs = _translate_jobs(args.inputs, pair, args.direction, args.mask)
+    jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
     check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
     translator = BaselineTranslator(args.model, device=args.device)
     for image, mask in jobs:

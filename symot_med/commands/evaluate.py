@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from symot_med.cli import add_common_options, add_device_option
+from symot_med.cli import add_common_options, add_device_option, override_fields
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from symot_med.baselines.networks import NetworkConfig
     from symot_med.baselines.training import BaselineTrainConfig
-    from symot_med.commands.baseline import override
     from symot_med.evaluation.comparison import IDENTITY, Method
     from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, run_comparison
 
@@ -56,8 +55,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.demo_dir is not None:
         if args.model:
             raise ValueError("--model applies to --cache; with --demo-dir the demo's models are used")
-        config = override(BaselineTrainConfig(), epochs=args.baseline_epochs, decay_epochs=args.baseline_decay_epochs, seed=args.seed)
-        network = override(NetworkConfig(), filters=args.baseline_filters, res_blocks=args.baseline_res_blocks)
+        config = override_fields(BaselineTrainConfig(), epochs=args.baseline_epochs, decay_epochs=args.baseline_decay_epochs, seed=args.seed)
+        network = override_fields(NetworkConfig(), filters=args.baseline_filters, res_blocks=args.baseline_res_blocks)
         logger.info("baseline settings: %s, network %s", asdict(config), asdict(network))
         compare_demo(args.demo_dir, args.out, settings, config, network, command, progress=not args.quiet)
         return 0

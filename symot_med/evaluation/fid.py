@@ -319,14 +319,14 @@ def volume_slices_for_fid(
     if volume.shape != mask.shape:
         raise ValueError(f"mask shape {mask.shape} differs from volume shape {volume.shape}")
     fractions = mask.reshape(-1, mask.shape[2]).mean(axis=0)
-    kept = np.flatnonzero(fractions >= min_foreground)
-    if kept.size == 0:
+    selected_slices = np.flatnonzero(fractions >= min_foreground)
+    if selected_slices.size == 0:
         return np.zeros((0, 1, 1, 1), dtype=np.float32)
-    kept = kept[evenly_spaced(kept.size, max_slices)]
+    selected_slices = selected_slices[evenly_spaced(selected_slices.size, max_slices)]
 
     rows = np.flatnonzero(mask.any(axis=(1, 2)))
     columns = np.flatnonzero(mask.any(axis=(0, 2)))
-    cropped = volume[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1, :][:, :, kept]
+    cropped = volume[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1, :][:, :, selected_slices]
     # (X, Y, S) -> (S, 1, X, Y)
     images = np.moveaxis(cropped, 2, 0)[:, None].astype(np.float32)
     return square_pad(images)

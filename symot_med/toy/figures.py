@@ -72,12 +72,7 @@ def plot_pair_maps(
         axis.set_aspect("equal")
         axis.tick_params(labelsize=6)
     figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    logger.info("wrote %s", path)
-    return path
+    return _save(figure, path)
 
 
 def plot_beta_sweep(
@@ -108,6 +103,11 @@ def plot_beta_sweep(
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize=8)
     axis.set_title(title)
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG at ``path``, close it and return ``path``."""
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
