@@ -115,12 +115,12 @@ def test_plan_jobs_betas_and_sweep():
         sweep_betas=(1e-3, 1.0), pair_betas={"moons-circles": 0.2}, swot_betas={"moons-circles": 0.05},
     )
 
-    assert [(job.pair, job.method, job.beta, job.purpose) for job in jobs] == [
-        ("moons-circles", "symot", 0.2, "table"),
-        ("moons-circles", "single-mmd", 0.0, "table"),
-        ("moons-circles", "swot", 0.05, "table"),
-        ("gauss-gauss", "symot", 1e-3, "sweep"),
-        ("gauss-gauss", "symot", 1.0, "sweep"),
+    assert [(job.pair, job.method, job.beta, job.purpose, job.config.steps) for job in jobs] == [
+        ("moons-circles", "symot", 0.2, "table", 4),
+        ("moons-circles", "single-mmd", 0.0, "table", 4),
+        ("moons-circles", "swot", 0.05, "table", 4),
+        ("gauss-gauss", "symot", 1e-3, "sweep", 2),
+        ("gauss-gauss", "symot", 1.0, "sweep", 2),
     ]
 
 
@@ -169,6 +169,20 @@ def test_page_names_command_and_misses(tmp_path):
     assert "0 of 8 checks pass, 8 miss" in page
 
 
+def test_page_explains_misses_against_maps_short_of_target(tmp_path):
+    results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
+    swot = results.runs[2]["metrics"]
+    swot.update(cost_forward=0.9, mmd_forward=0.08)  # cheaper, but 8x the floor of 0.01
+
+    checks = check_criteria(results)
+    page = render_page(results, checks, "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    missed = [check for check in checks if check.passed is False]
+    assert [(check.criterion, check.direction) for check in missed] == [("cost below SWOT-Flow", "forward")]
+    assert missed[0].rival_mmd_ratio == pytest.approx(8.0)
+    assert "In 1 of the misses the rival's map has MMD^2 above 3x the noise floor (8.0x)" in page
+
+
 def test_page_lists_betas_per_method(tmp_path):
     results = _fake_results(symot_cost=1.0, rival_cost=1.1, symot_mmd=0.02)
     results.runs[2]["beta"] = 1e-3  # the SWOT-Flow run
@@ -182,7 +196,7 @@ def test_page_lists_betas_per_method(tmp_path):
 def test_run_toy_trains_repeated_job_once():
     jobs = plan_jobs(
         ["gauss-gauss"], ["symot"], TINY, n_points=64, sweep_pair="gauss-gauss", sweep_betas=(0.5, 2.0),
-        pair_betas={"gauss-gauss": 0.5},
+        sweep_config=TINY, pair_betas={"gauss-gauss": 0.5},
     )
 
     results = run_toy(jobs, workers=1, floor_repeats=1, progress=False)
@@ -192,6 +206,29 @@ def test_run_toy_trains_repeated_job_once():
     assert results.sweep[0]["purpose"] == "sweep"
     np.testing.assert_array_equal(results.sweep[0]["t_x"], results.runs[0]["t_x"])
     assert not np.array_equal(results.sweep[1]["t_x"], results.runs[0]["t_x"])
+
+
+def test_run_toy_sweep_with_its_own_budget():
+    jobs = plan_jobs(
+        ["gauss-gauss"], ["symot"], TINY, n_points=64, sweep_pair="gauss-gauss", sweep_betas=(0.5,),
+        pair_betas={"gauss-gauss": 0.5},
+    )
+
+    results = run_toy(jobs, workers=1, floor_repeats=1, progress=False)
+
+    assert results.config.steps == 4
+    assert results.sweep_config.steps == 2
+    # History steps count from 0.
+    assert [run["history"][-1]["step"] for run in results.runs + results.sweep] == [3, 1]
+    assert not np.array_equal(results.sweep[0]["t_x"], results.runs[0]["t_x"])
+
+
+def test_run_toy_rejects_two_table_budgets():
+    jobs = plan_jobs(["gauss-gauss"], ["symot"], TINY, n_points=64)
+    jobs += plan_jobs(["moons-circles"], ["symot"], replace(TINY, steps=5), n_points=64)
+
+    with pytest.raises(ValueError, match="table jobs of one toy run must share one training config"):
+        run_toy(jobs, workers=1, floor_repeats=1, progress=False)
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--beta-sweep", action="store_true", help="also train SyMOT-Flow for each beta from 1e-5 to 10 on --sweep-pair")
     parser.add_argument("--sweep-pair", choices=PAIR_NAMES, default=DEFAULT_SWEEP_PAIR, help=f"pair of the beta sweep (default: {DEFAULT_SWEEP_PAIR})")
     parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default: {ToyTrainConfig.steps})")
+    parser.add_argument("--sweep-steps", type=int, default=None, help="optimiser steps per beta sweep run (default: half of --steps)")
     parser.add_argument("--n-points", type=int, default=DEFAULT_N_POINTS, help=f"points per side (default: {DEFAULT_N_POINTS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each (default: 2)")
@@ -57,28 +58,30 @@ def run_toy_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from symot_med.toy.report import write_outputs
-    from symot_med.toy.run import plan_jobs, run_toy, with_steps
+    from symot_med.toy.run import job_key, plan_jobs, run_toy, sweep_budget, with_steps
     from symot_med.toy.train import ToyTrainConfig
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}.")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+    for option, value in (("--steps", args.steps), ("--sweep-steps", args.sweep_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}.")
     config = with_steps(replace(ToyTrainConfig(), seed=args.seed), args.steps)
     if args.n_points < config.batch_size:
         raise ValueError(f"--n-points must be at least the batch size {config.batch_size}, got {args.n_points}.")
+    sweep_config = sweep_budget(config) if args.sweep_steps is None else with_steps(config, args.sweep_steps)
     page = args.page if args.page is not None else args.out.with_name(args.out.name + ".md")
     command = command_line(args)
 
     jobs = plan_jobs(
         args.pairs, args.methods, config, n_points=args.n_points, data_seed=args.seed,
-        sweep_pair=args.sweep_pair if args.beta_sweep else None,
+        sweep_pair=args.sweep_pair if args.beta_sweep else None, sweep_config=sweep_config,
     )
     start = time.perf_counter()
     cpu_start = _children_cpu_seconds() + time.process_time()
     results = run_toy(jobs, workers=args.workers, progress=not args.quiet)
     cpu_seconds = _children_cpu_seconds() + time.process_time() - cpu_start
-    distinct_runs = len({(job.pair, job.method, job.beta) for job in jobs})
+    distinct_runs = len({job_key(job) for job in jobs})
     timing = (
         f"{time.perf_counter() - start:.0f} s wall clock and {cpu_seconds:.0f} s CPU time (all processes) for "
         f"{distinct_runs} training runs with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
@@ -111,6 +114,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts += ["--sweep-pair", args.sweep_pair]
     if args.steps is not None:
         parts += ["--steps", str(args.steps)]
+    if args.sweep_steps is not None:
+        parts += ["--sweep-steps", str(args.sweep_steps)]
     if args.n_points != DEFAULT_N_POINTS:
         parts += ["--n-points", str(args.n_points)]
     if args.seed != 0:

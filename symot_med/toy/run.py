@@ -93,7 +93,8 @@ class ToyRunResults:
     """Everything a toy run measured, ready for the tables, figures and page.
 
     Attributes:
-        config: the shared training budget.
+        config: the training budget of the table runs, the same for every method.
+        sweep_config: the training budget of the beta sweep runs, or None without a sweep.
         n_points: points per side.
         data_seed: seed of the training draws (draw 0) and the noise-floor draws.
         references: per pair, {"exact_ot", "floor_forward", "floor_backward"} where the
@@ -108,6 +109,7 @@ class ToyRunResults:
     config: ToyTrainConfig
     n_points: int
     data_seed: int
+    sweep_config: ToyTrainConfig | None = None
     references: dict[str, dict] = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
     sweep: list[dict] = field(default_factory=list)
@@ -155,13 +157,15 @@ def plan_jobs(
     data_seed: int = 0,
     sweep_pair: str | None = None,
     sweep_betas: Sequence[float] = SWEEP_BETAS,
+    sweep_config: ToyTrainConfig | None = None,
     pair_betas: dict[str, float] | None = None,
     swot_betas: dict[str, float] | None = None,
 ) -> list[ToyJob]:
     """List the training jobs of a toy run: each pair with each method, then the sweep.
 
     The sweep trains SyMOT-Flow on ``sweep_pair`` once per beta in ``sweep_betas``; None
-    skips it. Betas of the table jobs come from ``pair_betas`` (SyMOT-Flow and one-direction)
+    skips it. Its runs use ``sweep_config``, by default ``config`` with half the steps
+    (:func:`sweep_budget`). Betas of the table jobs come from ``pair_betas`` (SyMOT-Flow and one-direction)
     and ``swot_betas`` (SWOT-Flow), defaulting to ``PAIR_BETAS`` and ``SWOT_BETAS``;
     single MMD always uses beta = 0.
     """
@@ -186,8 +190,9 @@ def plan_jobs(
                 beta = pair_betas[pair]
             jobs.append(ToyJob(pair, method, beta, config, n_points, data_seed, "table"))
     if sweep_pair is not None:
+        sweep_config = sweep_budget(config) if sweep_config is None else sweep_config
         for beta in sweep_betas:
-            jobs.append(ToyJob(sweep_pair, "symot", float(beta), config, n_points, data_seed, "sweep"))
+            jobs.append(ToyJob(sweep_pair, "symot", float(beta), sweep_config, n_points, data_seed, "sweep"))
     return jobs
 
 
@@ -201,7 +206,8 @@ def run_toy(
     """Run the jobs and the reference computations of their pairs, in ``workers`` processes.
 
     Args:
-        jobs: from :func:`plan_jobs`; all must share one config, point count and data seed.
+        jobs: from :func:`plan_jobs`; all must share one point count and data seed, the
+            table jobs one config and the sweep jobs one config.
         workers: worker processes, each with one torch thread; 1 runs everything in this
             process (also with one torch thread, restored afterwards).
         floor_repeats: independent draw pairs per MMD noise floor.
@@ -215,21 +221,25 @@ def run_toy(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}.")
     first = jobs[0]
-    if any((job.config, job.n_points, job.data_seed) != (first.config, first.n_points, first.data_seed) for job in jobs):
-        raise ValueError("All jobs of one toy run must share the training config, n_points and data_seed.")
+    if any((job.n_points, job.data_seed) != (first.n_points, first.data_seed) for job in jobs):
+        raise ValueError("All jobs of one toy run must share n_points and data_seed.")
+    configs = {purpose: {job.config for job in jobs if job.purpose == purpose} for purpose in ("table", "sweep")}
+    if any(len(purpose_configs) > 1 for purpose_configs in configs.values()):
+        raise ValueError("The table jobs of one toy run must share one training config, and so must the sweep jobs.")
 
     pairs = sorted({job.pair for job in jobs}, key=PAIR_NAMES.index)
     start = time.perf_counter()
-    # A sweep job with the same pair, method and beta as a table job gives the same result,
-    # because both use the same seeds, so it is trained once.
-    first_index: dict[tuple[str, str, float], int] = {}
+    # A sweep job with the same pair, method, beta and config as a table job gives the same
+    # result, because both use the same seeds, so it is trained once.
+    first_index: dict[tuple, int] = {}
     for index, job in enumerate(jobs):
-        first_index.setdefault((job.pair, job.method, job.beta), index)
+        first_index.setdefault(job_key(job), index)
     unique = sorted(set(first_index.values()))
     logger.info(
         "toy run: %d training jobs (%d distinct) on pairs %s, %d worker(s), %d points per side, "
-        "data seed %d, config %s",
-        len(jobs), len(unique), pairs, workers, first.n_points, first.data_seed, first.config.to_dict(),
+        "data seed %d, configs %s",
+        len(jobs), len(unique), pairs, workers, first.n_points, first.data_seed,
+        {purpose: [config.to_dict() for config in purpose_configs] for purpose, purpose_configs in configs.items()},
     )
     # Longest jobs first, so the last finished job leaves little idle time on the other workers.
     order = sorted(unique, key=lambda index: _relative_job_cost(jobs[index]), reverse=True)
@@ -244,19 +254,38 @@ def run_toy(
                 job = jobs[key[1]]
                 logger.info("finished %s on %s (beta %g) in %.0f s", job.method, job.pair, job.beta, value["seconds"])
 
-    output = ToyRunResults(config=first.config, n_points=first.n_points, data_seed=first.data_seed)
+    table_config = next(iter(configs["table"]), first.config)
+    sweep_config = next(iter(configs["sweep"]), None)
+    output = ToyRunResults(
+        config=table_config, n_points=first.n_points, data_seed=first.data_seed, sweep_config=sweep_config
+    )
     output.references = {pair: results[("reference", pair)] for pair in pairs}
     for job in jobs:
-        result = dict(results[("job", first_index[(job.pair, job.method, job.beta)])], purpose=job.purpose)
+        result = dict(results[("job", first_index[job_key(job)])], purpose=job.purpose)
         (output.runs if job.purpose == "table" else output.sweep).append(result)
     output.seconds = time.perf_counter() - start
     logger.info("toy run finished in %.0f s", output.seconds)
     return output
 
 
+def job_key(job: ToyJob) -> tuple:
+    """Return what decides a job's result: two jobs with the same key train the same flow."""
+    return (job.pair, job.method, job.beta, job.config)
+
+
+def sweep_budget(config: ToyTrainConfig) -> ToyTrainConfig:
+    """Return the budget of the beta sweep runs: ``config`` with half its steps (at least 1).
+
+    Half the table budget keeps `symot-med toy --beta-sweep` within 15 min on 2 cores. The
+    sweep only shows how cost and MMD trade off against beta, and 1500 steps already resolve
+    that trade-off.
+    """
+    return with_steps(config, max(config.steps // 2, 1))
+
+
 def _relative_job_cost(job: ToyJob) -> float:
-    """Return a rough relative cost of a job: the one-direction method skips the inverse pass."""
-    return 0.6 if job.method == "one-direction" else 1.0
+    """Return a rough relative cost of a job: its steps, and the one-direction method skips the inverse pass."""
+    return job.config.steps * (0.6 if job.method == "one-direction" else 1.0)
 
 
 def _execute(

@@ -61,11 +61,12 @@ class ToyTrainConfig:
         seed: seed of the flow's initial weights, the batch order and the SW directions.
     """
 
-    # NOTE: 1500 steps keep `symot-med toy --beta-sweep` at 9 to 14 min on 2 shared cores, but
-    # leave SyMOT-Flow's MMD^2 above 3x the noise floor on Moons to Circles and 8 Gauss to 8 Gauss.
-    # In single runs on data seed 0 at the same betas, 3000 steps reached 2.8x / 2.4x and
-    # 2.7x / 2.5x there, with costs still within 10 % of exact OT, at twice the training time.
-    steps: int = 1500
+    # 3000 steps, from single runs on data seed 0 at the page's betas (benchmarks/README.md).
+    # With 1500 steps SyMOT-Flow's MMD^2 stayed at 3.8x / 3.2x the noise floor on Moons to
+    # Circles and 5.2x / 4.1x on 8 Gauss to 8 Gauss. 3000 steps brought it to 2.8x / 2.4x and
+    # 2.7x / 2.5x, and the costs stayed within 10 % of exact OT. The beta sweep trains for half
+    # as many steps.
+    steps: int = 3000
     batch_size: int = 200
     lr: float = 3e-3
     final_lr: float = 1e-5
