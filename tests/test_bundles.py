@@ -26,6 +26,7 @@ from symot_med.data.slices import SliceCache, split_cases
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, write_model_card
 from symot_med.training.checkpoints import load_checkpoint, save_checkpoint
+from symot_med.training.flow import FlowTrainConfig, learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {"t1t2": REPO / "bundles" / "symot_brats_t1t2", "ctmr": REPO / "bundles" / "symot_synthrad_ctmr"}
@@ -245,6 +246,26 @@ def test_train_configs_write_loadable_checkpoints(trained, cohort, pair_name):
     assert network.output_intensity().low == pytest.approx(cache.intensity(pair.source).low)
     assert network.output_intensity().high == pytest.approx(cache.intensity(pair.source).high)
     assert cache.manifest["split"]["test"] == [held_out_case(cohort[pair_name], pair_name)]
+
+
+@pytest.mark.parametrize("pair_name", sorted(BUNDLES))
+def test_train_flow_saves_moving_average(trained, pair_name):
+    """model.pt contains the moving average that the work checkpoint records, after a cosine schedule."""
+    record = load_checkpoint(trained[pair_name]["model_dir"] / "model.pt")
+    (checkpoint_file,) = (trained[pair_name]["work_dir"] / "flow").glob("*.pt")
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    average, scheduler = checkpoint["average"], checkpoint["lr_scheduler"]
+    steps = scheduler["last_epoch"]
+    # The settings of the trained fixture's train_flow run, with the config's defaults otherwise.
+    train_config = FlowTrainConfig(epochs=1, batch_size=4)
+
+    assert record["weights"] == "moving average"
+    assert average["decay"] == train_config.ema_decay
+    assert average["steps"] == steps
+    assert steps > 1
+    assert scheduler["_last_lr"][0] == pytest.approx(learning_rate(train_config, steps, steps), rel=1e-9)
+    for name, value in average["averaged"].items():
+        torch.testing.assert_close(record["state_dict"][f"flow.{name}"], value, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("pair_name, direction", DIRECTIONS)

@@ -1,4 +1,5 @@
-"""Units of symot_med.bundle: network, transforms, writer, file names, data sets, loading errors."""
+"""Units of symot_med.bundle: network, transforms, writer, file names, data sets, loading
+errors, and the flow training step (learning-rate schedule and moving average)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import MetaTensor
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler
+from torch.utils.data import DataLoader
 
 from symot_med.bundle.data import UnpairedLatentDataset, find_bundle_root, split_latent_batch
 from symot_med.bundle.network import (
@@ -23,10 +28,19 @@ from symot_med.bundle.transforms import (
     NormaliseModalityd,
     TranslatedNameFormatter,
 )
-from symot_med.bundle.workflows import translation_record
+from symot_med.bundle.workflows import (
+    FlowIteration,
+    SaveTranslationModel,
+    flow_step_scheduler,
+    trained_flow,
+    translation_record,
+)
 from symot_med.config import get_pair
 from symot_med.data.transforms import IntensityScale
-from symot_med.training.checkpoints import save_checkpoint
+from symot_med.losses.symot import SyMOTLoss
+from symot_med.training.checkpoints import load_checkpoint, save_checkpoint
+from symot_med.training.ema import WeightAverage
+from symot_med.training.flow import FlowTrainConfig, learning_rate
 
 TINY_AUTOENCODER = {"channels": 8, "res_channels": 4, "n_res_blocks": 1, "embed_dim": 4, "n_embed": 16}
 TINY_FLOW = {"n_blocks": 1, "hidden": 4, "n_res_blocks": 0}
@@ -53,6 +67,25 @@ def test_network_rejects_unknown_direction():
 
     with pytest.raises(ValueError, match="direction"):
         TranslationNetwork(network.autoencoder, network.flow, "sideways")
+
+
+def test_network_rejects_string_switch():
+    with pytest.raises(TypeError, match="snap_outputs must be True or False, got 'false'"):
+        build_translation_network(TINY_AUTOENCODER, (16, 24), TINY_FLOW, "forward", snap_outputs="false")
+
+
+def test_network_snaps_outputs_to_codes():
+    network = tiny_network().eval()
+    x = torch.rand(2, 1, 16, 24)
+
+    with torch.no_grad():
+        mapped = network.flow(network.autoencoder.latents(x, quantized=True))
+        snapped = network.autoencoder.decode(
+            network.autoencoder.quantizer_top.snap(mapped[0]), network.autoencoder.quantizer_bottom.snap(mapped[1])
+        )
+        output = network(x)
+
+    torch.testing.assert_close(output, snapped.clamp(0.0, 1.0))
 
 
 def test_output_intensity_follows_direction():
@@ -238,3 +271,147 @@ def test_find_bundle_root_from_repository(monkeypatch):
     assert Path(find_bundle_root("symot_brats_t1t2")) == repository / "bundles" / "symot_brats_t1t2"
     with pytest.raises(FileNotFoundError, match="--bundle_root"):
         find_bundle_root("no_such_bundle")
+
+
+# Flow training step of the bundles' train_flow config
+
+# 8 source and 6 target samples at batch 4 give 2 iterations per epoch.
+N_SOURCE, N_TARGET = 8, 6
+
+
+def tiny_flow_config(**changes) -> FlowTrainConfig:
+    values = {"epochs": 3, "batch_size": 4, "lr": 1e-2, "final_lr_fraction": 0.1, "ema_decay": 0.2, **changes}
+    return FlowTrainConfig(**values)
+
+
+def random_latents(network: TranslationNetwork, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Random latent levels (count, C_l, H_l, W_l) of the tiny network's 16 x 24 slices."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = network.autoencoder.latent_shapes(16, 24)
+    return tuple(torch.randn(count, *shape, generator=generator) for shape in shapes)
+
+
+def run_flow_trainer(tmp_path: Path, config: FlowTrainConfig) -> dict:
+    """Train the tiny flow as train_flow.json wires it, and record each iteration.
+
+    Returns:
+        A dict with these entries:
+
+        - ``initial``: the flow's state_dict before training.
+        - ``steps``: its state_dict after every iteration.
+        - ``rates``: the learning rate of every iteration.
+        - ``record``: the written ``model.pt``.
+    """
+    network = tiny_network()
+    flow = network.flow
+    dataset = UnpairedLatentDataset(random_latents(network, N_SOURCE, 1), random_latents(network, N_TARGET, 2))
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = WeightAverage(flow, config.ema_decay)
+    scheduler = flow_step_scheduler(optimizer, len(loader), config)
+    save = SaveTranslationModel(
+        tmp_path / "model.pt", network.autoencoder, flow, get_pair("t1t2"),
+        IntensityScale(0.0, 1.0), IntensityScale(0.0, 2.0), config, average,
+    )
+
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=config.epochs,
+        train_data_loader=loader,
+        network=SymmetricFlow(flow),
+        optimizer=optimizer,
+        loss_function=SyMOTLoss(beta=config.beta, estimator="reduced", cost_over_dims=config.cost_over_dims),
+        iteration_update=FlowIteration(n_levels=2, grad_clip=config.grad_clip, average=average),
+        train_handlers=[LrScheduleHandler(scheduler, epoch_level=False, print_lr=False), save],
+        decollate=False,
+    )
+    log = {"initial": _clone_state(flow), "steps": [], "rates": []}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: log["rates"].append(optimizer.param_groups[0]["lr"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: log["steps"].append(_clone_state(flow)))
+
+    trainer.run()
+    log["record"] = load_checkpoint(tmp_path / "model.pt")
+    return log
+
+
+def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def reference_average(initial: dict, steps: list[dict], decay: float) -> dict[str, torch.Tensor]:
+    """Moving average after each step t: a <- d a + (1 - d) w, d = min(decay, (1 + t) / (10 + t)).
+
+    Floating-point entries start at the initial weights and are averaged in float64. Other
+    entries take the last step's value.
+    """
+    average = {name: value.double() for name, value in initial.items() if value.is_floating_point()}
+    for t, weights in enumerate(steps):
+        d = min(decay, (1.0 + t) / (10.0 + t))
+        for name in average:
+            average[name] = d * average[name] + (1.0 - d) * weights[name].double()
+
+    others = {name: value for name, value in steps[-1].items() if not value.is_floating_point()}
+    return {**average, **others}
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_flow_scheduler_matches_package_rates(tmp_path, schedule):
+    config = tiny_flow_config(lr_schedule=schedule)
+    total_steps = config.epochs * (N_SOURCE // config.batch_size)
+
+    rates = run_flow_trainer(tmp_path, config)["rates"]
+
+    expected = [learning_rate(config, step, total_steps) for step in range(total_steps)]
+    assert len(rates) == total_steps
+    assert rates == pytest.approx(expected, rel=1e-12, abs=0.0)
+
+
+def test_saved_flow_is_moving_average(tmp_path):
+    config = tiny_flow_config()
+
+    log = run_flow_trainer(tmp_path, config)
+
+    saved = log["record"]["state_dict"]
+    expected = reference_average(log["initial"], log["steps"], config.ema_decay)
+    last_step = log["steps"][-1]
+    assert len(log["steps"]) == 6
+    assert log["record"]["weights"] == "moving average"
+    assert sorted(f"flow.{name}" for name in expected) == sorted(key for key in saved if key.startswith("flow."))
+    for name, value in expected.items():
+        torch.testing.assert_close(saved[f"flow.{name}"].double(), value.double(), rtol=0, atol=1e-6, msg=name)
+    # The average must differ from the last step, or the comparison above would not test it.
+    distance = max(float((saved[f"flow.{name}"] - value).abs().max()) for name, value in last_step.items())
+    assert distance > 1e-4
+
+
+def test_zero_decay_saves_last_step(tmp_path):
+    log = run_flow_trainer(tmp_path, tiny_flow_config(epochs=1, ema_decay=0.0))
+
+    saved = log["record"]["state_dict"]
+    assert log["record"]["weights"] == "last step"
+    for name, value in log["steps"][-1].items():
+        torch.testing.assert_close(saved[f"flow.{name}"], value, rtol=0, atol=0, msg=name)
+
+
+def test_save_rejects_other_decay(tmp_path):
+    network = tiny_network()
+    average = WeightAverage(network.flow, 0.5)
+    scale = IntensityScale(0.0, 1.0)
+
+    with pytest.raises(ValueError, match="ema_decay"):
+        SaveTranslationModel(
+            tmp_path / "model.pt", network.autoencoder, network.flow, get_pair("t1t2"), scale, scale,
+            tiny_flow_config(ema_decay=0.9), average,
+        )
+
+
+def test_flow_scheduler_rejects_other_lr():
+    optimizer = torch.optim.AdamW(tiny_network().flow.parameters(), lr=5e-3)
+
+    with pytest.raises(ValueError, match="differs from the train config's lr"):
+        flow_step_scheduler(optimizer, 2, tiny_flow_config())
+
+
+def test_trained_flow_rejects_bare_flow():
+    with pytest.raises(TypeError, match="SymmetricFlow"):
+        trained_flow(tiny_network().flow)

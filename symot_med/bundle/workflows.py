@@ -10,9 +10,11 @@ Final files, written on rank 0 when training completes:
 - ``autoencoder.pt``: the package's autoencoder checkpoint (``load_autoencoder`` reads it, and so
   does ``symot-med train-flow --autoencoder``).
 - ``model.pt``: a package checkpoint of kind ``translation``. Its ``state_dict`` is that of a
-  ``TranslationNetwork`` and includes the training data's intensity scales. The inference and
-  evaluate configs load it with ``load_translation_network``, and ``ckpt_export`` reads it with
-  ``--key_in_ckpt state_dict``.
+  ``TranslationNetwork`` and includes the training data's intensity scales. The train_flow
+  configs store the moving average of the flow weights (decay ``FlowTrainConfig.ema_decay``)
+  in it, as ``train_flow`` does in the package's ``flow.pt``.
+  The inference and evaluate configs load it with ``load_translation_network``, and
+  ``ckpt_export`` reads it with ``--key_in_ckpt state_dict``.
 """
 
 from __future__ import annotations
@@ -31,29 +33,66 @@ from torch import Tensor
 
 from symot_med.bundle.data import split_latent_batch
 from symot_med.bundle.distributed import gather_levels, is_main_process
-from symot_med.bundle.network import TRANSLATION_KIND, TranslationNetwork
+from symot_med.bundle.network import TRANSLATION_KIND, SymmetricFlow, TranslationNetwork
 from symot_med.config import Pair
 from symot_med.data.transforms import IntensityScale
 from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2
-from symot_med.training.autoencoder import AETrainConfig, learning_rate
+from symot_med.training.autoencoder import AETrainConfig
+from symot_med.training.autoencoder import learning_rate as autoencoder_learning_rate
 from symot_med.training.checkpoints import save_checkpoint
+from symot_med.training.ema import WeightAverage
 from symot_med.training.flow import FlowTrainConfig
+from symot_med.training.flow import learning_rate as flow_learning_rate
 
 logger = logging.getLogger(__name__)
 
 
 def per_step_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: AETrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Return a scheduler that sets the learning rate of ``learning_rate`` (cosine or constant).
+    """Build a ``LambdaLR`` that sets the autoencoder's rate of ``training.autoencoder.learning_rate``.
 
     Step it once per iteration (``LrScheduleHandler`` with ``epoch_level=False``).
     """
+    total_steps = _total_steps(steps_per_epoch, config.epochs)
+    return _lambda_scheduler(
+        optimizer, config.lr, lambda step: autoencoder_learning_rate(min(step, total_steps), total_steps, config)
+    )
+
+
+def flow_step_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: FlowTrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Build a ``LambdaLR`` that sets the flow's rate of ``training.flow.learning_rate``.
+
+    Iteration k (0-based) of ``steps_per_epoch * config.epochs`` then runs at the rate that
+    ``train_flow`` uses for step k: a half cosine from ``lr`` to ``lr * final_lr_fraction``, or
+    ``lr`` throughout. Step it once per iteration (``LrScheduleHandler`` with
+    ``epoch_level=False``).
+    """
+    total_steps = _total_steps(steps_per_epoch, config.epochs)
+    return _lambda_scheduler(optimizer, config.lr, lambda step: flow_learning_rate(config, step, total_steps))
+
+
+def _total_steps(steps_per_epoch: int, epochs: int) -> int:
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}; the training set is empty")
-    total_steps = steps_per_epoch * config.epochs
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate(min(step, total_steps), total_steps, config) / config.lr
-    )
+    return steps_per_epoch * epochs
+
+
+def _lambda_scheduler(
+    optimizer: torch.optim.Optimizer, peak_lr: float, rate: Callable[[int], float]
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Build a ``LambdaLR`` that sets every group's learning rate to ``rate(step)``.
+
+    ``LambdaLR`` scales each group's initial rate, so that rate must be ``peak_lr``.
+    """
+    for group in optimizer.param_groups:
+        if not math.isclose(group["lr"], peak_lr, rel_tol=1e-9):
+            raise ValueError(
+                f"the optimizer's learning rate {group['lr']} differs from the train config's lr "
+                f"{peak_lr}; set the optimizer's lr to the config's"
+            )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate(step) / peak_lr)
 
 
 class AutoencoderIteration:
@@ -110,24 +149,28 @@ class FlowIteration:
     ``engine.loss_function`` a ``SyMOTLoss``. The batch is a collated ``UnpairedLatentDataset``
     batch. Under torch.distributed the samples and their images under T and T^-1 are gathered
     from every rank with gradients, so the MMD and the transport cost are those of the global
-    batch.
+    batch. The learning rate is the optimizer's, which ``flow_step_scheduler`` sets per step.
+
+    Args:
+        n_levels: latent levels per side in the batch.
+        grad_clip: maximum global gradient norm, or 0 for no clipping.
+        average: moving average of the flow weights, updated after every optimiser step as in
+            ``train_flow``, or None for no average. Every rank updates its own copy, and
+            DistributedDataParallel keeps the weights equal across ranks, so the copies agree.
 
     Returns:
         Floats: every loss term (``total``, ``mmd_forward``, ``mmd_inverse``, ``cost_forward``,
         ``cost_inverse``) and ``grad_norm``, the gradient norm before clipping.
-
-    NOTE: unlike ``symot_med.training.flow.train_flow``, this step keeps no moving average of
-    the weights and the configs set no per-step cosine schedule, so the bundles save the last
-    step's flow and ignore ``FlowTrainConfig.ema_decay`` and ``lr_schedule``.
     """
 
-    def __init__(self, n_levels: int = 2, grad_clip: float = 1.0) -> None:
+    def __init__(self, n_levels: int = 2, grad_clip: float = 1.0, average: WeightAverage | None = None) -> None:
         if n_levels < 1:
             raise ValueError(f"n_levels must be >= 1, got {n_levels}")
         if not grad_clip >= 0.0:
             raise ValueError(f"grad_clip must be >= 0, got {grad_clip}")
         self.n_levels = n_levels
         self.grad_clip = float(grad_clip)
+        self.average = average
 
     def __call__(self, engine: Engine, batch: Mapping[str, Tensor]) -> dict[str, float]:
         x, z = split_latent_batch(batch, self.n_levels)
@@ -148,7 +191,22 @@ class FlowIteration:
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(engine.network.parameters(), max_norm)
         engine.optimizer.step()
+        if self.average is not None:
+            self.average.update(trained_flow(engine.network))
         return {**{key: float(value.detach()) for key, value in terms.items()}, "grad_norm": float(grad_norm)}
+
+
+def trained_flow(network: torch.nn.Module) -> LatentFlow:
+    """Return the ``LatentFlow`` inside a ``SymmetricFlow``, or inside DistributedDataParallel around one.
+
+    Raises:
+        TypeError: when ``network`` is neither.
+    """
+    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+        network = network.module
+    if not isinstance(network, SymmetricFlow):
+        raise TypeError(f"the trainer's network must be a SymmetricFlow, got {type(network).__name__}")
+    return network.flow
 
 
 class FlowValidationIteration:
@@ -230,6 +288,10 @@ class SaveAutoencoder(_FinalCheckpoint):
 class SaveTranslationModel(_FinalCheckpoint):
     """Write ``model.pt``: the ``TranslationNetwork`` of the trained flow, at completion.
 
+    The flow weights are ``average.averaged`` when ``average`` is given, as ``train_flow``
+    writes to ``flow.pt``, and otherwise those of the last step. The record's ``weights`` entry
+    says which: ``"moving average"`` (``ema_decay`` > 0) or ``"last step"``.
+
     Args:
         path: output file, usually ``<model_dir>/model.pt``.
         autoencoder: the frozen autoencoder the flow was trained on.
@@ -238,6 +300,7 @@ class SaveTranslationModel(_FinalCheckpoint):
         source_intensity: native scale of the source modality's training data.
         target_intensity: native scale of the target modality's training data.
         train_config: the flow's training settings, stored for the record.
+        average: the moving average of ``flow`` that ``FlowIteration`` updates, or None.
     """
 
     def __init__(
@@ -249,7 +312,13 @@ class SaveTranslationModel(_FinalCheckpoint):
         source_intensity: IntensityScale,
         target_intensity: IntensityScale,
         train_config: FlowTrainConfig,
+        average: WeightAverage | None = None,
     ) -> None:
+        if average is not None and average.decay != train_config.ema_decay:
+            raise ValueError(
+                f"the moving average's decay {average.decay} differs from train_config.ema_decay "
+                f"{train_config.ema_decay}; build the average with the config's ema_decay"
+            )
         super().__init__(path)
         self.autoencoder = autoencoder
         self.flow = flow
@@ -257,11 +326,19 @@ class SaveTranslationModel(_FinalCheckpoint):
         self.source_intensity = source_intensity
         self.target_intensity = target_intensity
         self.train_config = train_config
+        self.average = average
 
     def payload(self, engine: Engine) -> dict[str, Any]:
-        network = TranslationNetwork(self.autoencoder, self.flow, "forward")
+        averaged = self.average is not None and self.average.decay > 0
+        flow = self.flow if self.average is None else self.average.averaged
+        network = TranslationNetwork(self.autoencoder, flow, "forward")
         network.set_intensity(self.source_intensity, self.target_intensity)
-        return translation_record(network, self.pair, {"train_config": asdict(self.train_config), "epochs": engine.state.epoch})
+        extra = {
+            "train_config": asdict(self.train_config),
+            "epochs": engine.state.epoch,
+            "weights": "moving average" if averaged else "last step",
+        }
+        return translation_record(network, self.pair, extra)
 
 
 def translation_record(network: TranslationNetwork, pair: Pair, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -49,8 +49,12 @@ class VQVAE2Config:
     channels: int = 64
     res_channels: int = 32
     n_res_blocks: int = 2
-    embed_dim: int = 32
-    n_embed: int = 256
+    # 1024 codes of 64 dimensions. On the demo cohort (`symot-med demo`), held-out
+    # reconstruction SSIM of T1 / T2 / CT / MR went from 0.931 / 0.922 / 0.936 / 0.918 with 256
+    # codes of 32 dimensions to 0.942 / 0.942 / 0.958 / 0.933. The variants in between are in
+    # benchmarks/README.md.
+    embed_dim: int = 64
+    n_embed: int = 1024
     commitment: float = 0.25
     decay: float = 0.99
     restart_threshold: float = 1.0
