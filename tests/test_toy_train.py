@@ -265,6 +265,11 @@ def test_toy_command_writes_page_and_files(tmp_path):
         assert (out / name).stat().st_size > 0, name
 
 
+def test_toy_command_rejects_sweep_steps_alone(tmp_path):
+    with pytest.raises(ValueError, match="--sweep-steps applies to the beta sweep only"):
+        main(["toy", "--out", str(tmp_path / "toy"), "--sweep-steps", "10", "--debug"])
+
+
 def test_write_outputs_with_sweep(tmp_path):
     results = _fake_results(symot_cost=1.05, rival_cost=1.5, symot_mmd=0.02)
     x = draw("8gauss-8gauss", "source", 64, seed=0)

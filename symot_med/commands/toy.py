@@ -66,6 +66,8 @@ def run_toy_command(args: argparse.Namespace) -> int:
     for option, value in (("--steps", args.steps), ("--sweep-steps", args.sweep_steps)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be at least 1, got {value}.")
+    if args.sweep_steps is not None and not args.beta_sweep:
+        raise ValueError("--sweep-steps applies to the beta sweep only; add --beta-sweep or leave it out.")
     config = with_steps(replace(ToyTrainConfig(), seed=args.seed), args.steps)
     if args.n_points < config.batch_size:
         raise ValueError(f"--n-points must be at least the batch size {config.batch_size}, got {args.n_points}.")
