@@ -32,29 +32,44 @@ from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cache", help="slice cache folder, for example demo_out/t1t2/cache")
-    parser.add_argument("out", help="output folder of the autoencoder (resumes from its last.pt; an existing autoencoder.pt is only scored)")
+    parser.add_argument(
+        "out", help="output folder of the autoencoder (resumes from its last.pt; an existing autoencoder.pt is only scored)"
+    )
     parser.add_argument(
         "settings", nargs="?", default="{}",
         help='JSON object with optional sections "vqvae2" and "autoencoder" of fields to change',
     )
-    parser.add_argument("--epochs", type=int, default=AETrainConfig.epochs, help="training epochs (default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=int, default=AETrainConfig.epochs,
+        help='training epochs; an "epochs" field in the autoencoder section overrides it (default: %(default)s)',
+    )
     args = parser.parse_args()
 
-    settings = json.loads(args.settings)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as error:
+        parser.error(f"settings must be a JSON object, got {args.settings!r}: {error}")
+    if not isinstance(settings, dict) or not all(isinstance(value, dict) for value in settings.values()):
+        parser.error(f'settings must be a JSON object of objects, such as \'{{"vqvae2": {{"n_embed": 1024}}}}\', got {args.settings!r}')
     unknown = sorted(set(settings) - {"vqvae2", "autoencoder"})
     if unknown:
         parser.error(f"unknown settings sections {unknown}; use 'vqvae2' and 'autoencoder'")
+    try:
+        model_config = VQVAE2Config.from_dict(settings.get("vqvae2", {}))
+        config = AETrainConfig.from_dict({"epochs": args.epochs, **settings.get("autoencoder", {})})
+        cache = SliceCache.open(args.cache)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
 
-    cache = SliceCache.open(args.cache)
     test = {modality: cache.slices(modality, "test") for modality in cache.manifest["intensity"]}
 
     start = time.perf_counter()
     path = train_ae_stage(
         Path(args.cache),
         Path(args.out),
-        AETrainConfig(epochs=args.epochs, **settings.get("autoencoder", {})),
-        VQVAE2Config(**settings.get("vqvae2", {})),
+        config,
+        model_config,
         device="cpu",
         progress=False,
     )
@@ -65,7 +80,7 @@ def main() -> int:
         modality: round(evaluate_autoencoder(model, torch.from_numpy(slices), 64, torch.device("cpu"))["val_ssim"], 4)
         for modality, slices in test.items()
     }
-    print(json.dumps({"settings": settings, "epochs": args.epochs, "ssim": ssim, "minutes": round(minutes, 1)}))
+    print(json.dumps({"settings": settings, "epochs": config.epochs, "ssim": ssim, "minutes": round(minutes, 1)}))
     return 0
 
 
