@@ -183,6 +183,22 @@ def test_page_explains_misses_against_maps_short_of_target(tmp_path):
     assert "In 1 of the misses the rival's map has MMD^2 above 3x the noise floor (8.0x)" in page
 
 
+def test_page_leaves_out_runs_not_made(tmp_path):
+    results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
+    results.runs = results.runs[:1]  # SyMOT-Flow only
+    floor = {"mean": 0.01, "std": 0.0, "repeats": 1}
+    results.references["gauss-gauss"] = {"exact_ot": 2.0, "floor_forward": floor, "floor_backward": floor}
+
+    checks = check_criteria(results)
+    page = render_page(results, checks, "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert {check.pair for check in checks} == {"8gauss-8gauss"}
+    not_run = [check.detail for check in checks if check.passed is None]
+    assert set(not_run) == {"single MMD not run", "SWOT-Flow not run"}
+    assert "nan" not in page
+    assert "Gauss to Gauss |" not in page.replace("8 Gauss to 8 Gauss", "")
+
+
 def test_page_lists_betas_per_method(tmp_path):
     results = _fake_results(symot_cost=1.0, rival_cost=1.1, symot_mmd=0.02)
     results.runs[2]["beta"] = 1e-3  # the SWOT-Flow run
