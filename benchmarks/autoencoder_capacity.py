@@ -45,12 +45,14 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    example = '\'{"vqvae2": {"n_embed": 1024}}\''
     try:
         settings = json.loads(args.settings)
     except json.JSONDecodeError as error:
-        parser.error(f"settings must be a JSON object, got {args.settings!r}: {error}")
-    if not isinstance(settings, dict) or not all(isinstance(value, dict) for value in settings.values()):
-        parser.error(f'settings must be a JSON object of objects, such as \'{{"vqvae2": {{"n_embed": 1024}}}}\', got {args.settings!r}')
+        parser.error(f"invalid settings {args.settings!r}: {error}; pass a JSON object such as {example}")
+    sections_are_objects = isinstance(settings, dict) and all(isinstance(value, dict) for value in settings.values())
+    if not sections_are_objects:
+        parser.error(f"invalid settings {args.settings!r}: pass a JSON object of objects such as {example}")
     unknown = sorted(set(settings) - {"vqvae2", "autoencoder"})
     if unknown:
         parser.error(f"unknown settings sections {unknown}; use 'vqvae2' and 'autoencoder'")

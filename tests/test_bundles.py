@@ -250,13 +250,13 @@ def test_train_configs_write_loadable_checkpoints(trained, cohort, pair_name):
 
 @pytest.mark.parametrize("pair_name", sorted(BUNDLES))
 def test_train_flow_saves_moving_average(trained, pair_name):
-    """model.pt contains the moving average that the work checkpoint records, after a cosine schedule."""
+    """Check that model.pt contains the work checkpoint's moving average after a cosine schedule."""
     record = load_checkpoint(trained[pair_name]["model_dir"] / "model.pt")
     (checkpoint_file,) = (trained[pair_name]["work_dir"] / "flow").glob("*.pt")
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     average, scheduler = checkpoint["average"], checkpoint["lr_scheduler"]
     steps = scheduler["last_epoch"]
-    # The settings of the trained fixture's train_flow run, with the config's defaults otherwise.
+    # The trained fixture's train_flow run sets these two fields and keeps the other defaults.
     train_config = FlowTrainConfig(epochs=1, batch_size=4)
 
     assert record["weights"] == "moving average"

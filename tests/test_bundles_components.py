@@ -285,7 +285,7 @@ def tiny_flow_config(**changes) -> FlowTrainConfig:
 
 
 def random_latents(network: TranslationNetwork, count: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Random latent levels (count, C_l, H_l, W_l) of the tiny network's 16 x 24 slices."""
+    """Draw random latent levels (count, C_l, H_l, W_l) of the tiny network's 16 x 24 slices."""
     generator = torch.Generator().manual_seed(seed)
     shapes = network.autoencoder.latent_shapes(16, 24)
     return tuple(torch.randn(count, *shape, generator=generator) for shape in shapes)
@@ -339,7 +339,7 @@ def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def reference_average(initial: dict, steps: list[dict], decay: float) -> dict[str, torch.Tensor]:
-    """Moving average after each step t: a <- d a + (1 - d) w, d = min(decay, (1 + t) / (10 + t)).
+    """Recompute the moving average over the steps t: a <- d a + (1 - d) w, d = min(decay, (1 + t) / (10 + t)).
 
     Floating-point entries start at the initial weights and are averaged in float64. Other
     entries take the last step's value.
@@ -398,7 +398,7 @@ def test_save_rejects_other_decay(tmp_path):
     average = WeightAverage(network.flow, 0.5)
     scale = IntensityScale(0.0, 1.0)
 
-    with pytest.raises(ValueError, match="ema_decay"):
+    with pytest.raises(ValueError, match="invalid moving average decay 0.5: train_config.ema_decay is 0.9"):
         SaveTranslationModel(
             tmp_path / "model.pt", network.autoencoder, network.flow, get_pair("t1t2"), scale, scale,
             tiny_flow_config(ema_decay=0.9), average,
@@ -408,7 +408,7 @@ def test_save_rejects_other_decay(tmp_path):
 def test_flow_scheduler_rejects_other_lr():
     optimizer = torch.optim.AdamW(tiny_network().flow.parameters(), lr=5e-3)
 
-    with pytest.raises(ValueError, match="differs from the train config's lr"):
+    with pytest.raises(ValueError, match="invalid optimizer learning rate 0.005: the train config's lr is 0.01"):
         flow_step_scheduler(optimizer, 2, tiny_flow_config())
 
 

@@ -73,7 +73,9 @@ class TranslationNetwork(nn.Module):
             # A bundle override such as `--network_def#snap_outputs false` arrives as the string
             # "false", which bool() would turn into True.
             if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {value!r}; on the command line write False, not false")
+                raise TypeError(
+                    f"{name} must be True or False, got {value!r}; on the command line write False, not false"
+                )
 
         self.autoencoder = autoencoder
         self.flow = flow

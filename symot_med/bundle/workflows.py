@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 
 def per_step_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: AETrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Build a ``LambdaLR`` that sets the autoencoder's rate of ``training.autoencoder.learning_rate``.
+    """Build a per-iteration ``LambdaLR`` that follows ``training.autoencoder.learning_rate``.
 
     Step it once per iteration (``LrScheduleHandler`` with ``epoch_level=False``).
     """
@@ -62,7 +62,7 @@ def per_step_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, c
 def flow_step_scheduler(
     optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: FlowTrainConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Build a ``LambdaLR`` that sets the flow's rate of ``training.flow.learning_rate``.
+    """Build a per-iteration ``LambdaLR`` that follows ``training.flow.learning_rate``.
 
     Iteration k (0-based) of ``steps_per_epoch * config.epochs`` then runs at the rate that
     ``train_flow`` uses for step k: a half cosine from ``lr`` to ``lr * final_lr_fraction``, or
@@ -84,13 +84,14 @@ def _lambda_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Build a ``LambdaLR`` that sets every group's learning rate to ``rate(step)``.
 
-    ``LambdaLR`` scales each group's initial rate, so that rate must be ``peak_lr``.
+    ``LambdaLR`` multiplies each group's initial rate by a factor, so that initial rate must
+    equal ``peak_lr``.
     """
     for group in optimizer.param_groups:
         if not math.isclose(group["lr"], peak_lr, rel_tol=1e-9):
             raise ValueError(
-                f"the optimizer's learning rate {group['lr']} differs from the train config's lr "
-                f"{peak_lr}; set the optimizer's lr to the config's"
+                f"invalid optimizer learning rate {group['lr']}: the train config's lr is {peak_lr}, "
+                "so build the optimizer with the config's lr"
             )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: rate(step) / peak_lr)
 
@@ -316,8 +317,8 @@ class SaveTranslationModel(_FinalCheckpoint):
     ) -> None:
         if average is not None and average.decay != train_config.ema_decay:
             raise ValueError(
-                f"the moving average's decay {average.decay} differs from train_config.ema_decay "
-                f"{train_config.ema_decay}; build the average with the config's ema_decay"
+                f"invalid moving average decay {average.decay}: train_config.ema_decay is "
+                f"{train_config.ema_decay}, so build the average with the config's ema_decay"
             )
         super().__init__(path)
         self.autoencoder = autoencoder

@@ -465,10 +465,9 @@ def _block_kernel_sum(
         # exp(-inf) = 0 removes the pair exactly, and its gradient is 0.
         sq_dists = sq_dists.index_put((rows, rows + diagonal_offset), infinity)
 
-    # Exponents below this bound are raised to it. Their kernel values (below 4e-35 in float32)
-    # would otherwise come out subnormal or 0. In our measurement on a CPU, float32 `exp` took
-    # 10 to 30 times longer for those than for normal results. The change per pair is below
-    # the dtype's smallest normal number times e^8, and its gradient is dropped.
+    # Raise exponents below this bound to it, because float32 `exp` took 10 to 30 times longer
+    # for subnormal or 0 results in our CPU measurement. Each kernel value then changes by less
+    # than the smallest normal number times e^8 (4e-35 in float32), with no gradient.
     floor = math.log(torch.finfo(sq_dists.dtype).tiny) + 8.0
     total = sq_dists.new_zeros(())
     for gamma in gammas:

@@ -234,9 +234,10 @@ def _sweep_budget(results: ToyRunResults) -> str:
     sweep = results.sweep_config
     if sweep is None or sweep == results.config:
         return ""
-    changed = [
-        f"{name} {getattr(sweep, name)}" for name in sweep.to_dict() if getattr(sweep, name) != getattr(results.config, name)
-    ]
+    changed = []
+    for name in sweep.to_dict():
+        if getattr(sweep, name) != getattr(results.config, name):
+            changed.append(f"{name} {getattr(sweep, name)}")
     return f" The beta sweep's runs differ only in {', '.join(changed)}."
 
 

@@ -284,7 +284,7 @@ def sweep_budget(config: ToyTrainConfig) -> ToyTrainConfig:
 
 
 def _relative_job_cost(job: ToyJob) -> float:
-    """Return a rough relative cost of a job: its steps, and the one-direction method skips the inverse pass."""
+    """Return a rough relative cost of a job: its steps, times 0.6 for one-direction, which skips the inverse pass."""
     return job.config.steps * (0.6 if job.method == "one-direction" else 1.0)
 
 

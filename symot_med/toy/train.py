@@ -61,11 +61,9 @@ class ToyTrainConfig:
         seed: seed of the flow's initial weights, the batch order and the SW directions.
     """
 
-    # 3000 steps, from single runs on data seed 0 at the page's betas (benchmarks/README.md).
-    # With 1500 steps SyMOT-Flow's MMD^2 stayed at 3.8x / 3.2x the noise floor on Moons to
-    # Circles and 5.2x / 4.1x on 8 Gauss to 8 Gauss. 3000 steps brought it to 2.8x / 2.4x and
-    # 2.7x / 2.5x, and the costs stayed within 10 % of exact OT. The beta sweep trains for half
-    # as many steps.
+    # 1500 steps left SyMOT-Flow's MMD^2 at 3.2x to 5.2x the noise floor on Moons to Circles and
+    # 8 Gauss to 8 Gauss, and 3000 steps bring it below 3x at costs within 10 % of exact OT
+    # (single runs at the page's betas, in benchmarks/README.md). The beta sweep uses half.
     steps: int = 3000
     batch_size: int = 200
     lr: float = 3e-3
