@@ -62,8 +62,8 @@ class ToyTrainConfig:
     """
 
     # 1500 steps left SyMOT-Flow's MMD^2 at 3.2x to 5.2x the noise floor on Moons to Circles and
-    # 8 Gauss to 8 Gauss, and 3000 steps bring it below 3x at costs within 10 % of exact OT
-    # (single runs at the page's betas, in benchmarks/README.md). The beta sweep uses half.
+    # 8 Gauss to 8 Gauss. 3000 steps bring it below 3x at costs within 10 % of exact OT, in
+    # single runs at the page's betas (benchmarks/README.md). The beta sweep uses half.
     steps: int = 3000
     batch_size: int = 200
     lr: float = 3e-3
