@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from symot_med import __version__
-from symot_med.config import DIRECTIONS, PAIRS, PROFILES, get_pair, get_profile
+from symot_med.config import AUTOENCODER_LAYOUTS, DIRECTIONS, PAIRS, PROFILES, get_pair, get_profile
 
 logger = logging.getLogger("symot_med")
 
@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects held out (default: 0.25)")
     add_common_options(p)
 
-    p = commands.add_parser("train-ae", help="train the VQ-VAE-2 on both modalities of a slice cache")
+    p = commands.add_parser("train-ae", help="train the VQ-VAE-2 on both modalities of a slice cache, or on one")
     p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumes from its last.pt)")
+    p.add_argument("--modality", default=None,
+                   help="train on this modality's slices only, for one autoencoder per modality (default: both)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: AETrainConfig.epochs)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
@@ -78,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train-flow", help="train the SyMOT flow between the two modalities' latents")
     p.add_argument("--cache", type=Path, required=True, help="slice cache folder from `prepare`")
-    p.add_argument("--autoencoder", type=Path, required=True, help="autoencoder.pt, or the folder from `train-ae`")
+    p.add_argument("--autoencoder", type=Path, required=True,
+                   help="autoencoder.pt, or the folder from `train-ae`: shared by both modalities, or the source's")
+    p.add_argument("--target-autoencoder", type=Path, default=None,
+                   help="the target modality's own autoencoder (default: --autoencoder serves both modalities)")
     p.add_argument("--out", type=Path, required=True, help="model folder (resumes from its last.pt)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: FlowTrainConfig.epochs)")
     p.add_argument("--batch-size", type=int, default=None, help="latents per batch and side")
@@ -101,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
     p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: AETrainConfig.epochs)")
     p.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: FlowTrainConfig.epochs)")
+    p.add_argument("--autoencoders", choices=AUTOENCODER_LAYOUTS, default=None,
+                   help="one autoencoder per pair (shared) or per modality (separate) (default: DemoSettings.autoencoders)")
     p.add_argument("--config", type=Path, default=None,
                    help="JSON file overriding the demo profile's training settings (sections autoencoder, vqvae2, flow)")
     add_device_option(p)
@@ -189,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
         settings = _training_settings(args)
         config = override_fields(settings.autoencoder, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         logger.info("autoencoder settings: %s, model %s", asdict(config), asdict(settings.vqvae2))
-        train_ae_stage(args.cache, args.out, config, settings.vqvae2, args.device, progress)
+        modalities = None if args.modality is None else [args.modality]
+        train_ae_stage(args.cache, args.out, config, settings.vqvae2, args.device, progress, modalities=modalities)
 
     elif args.command == "train-flow":
         from symot_med.data.slices import SliceCache
@@ -199,7 +207,10 @@ def run(args: argparse.Namespace) -> int:
         settings = _training_settings(args)
         config = override_fields(settings.flow, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta, seed=args.seed)
         logger.info("flow settings: %s", asdict(config))
-        train_flow_stage(args.cache, _autoencoder_file(args.autoencoder), args.out, pair, config, args.device, progress)
+        autoencoders = _autoencoder_file(args.autoencoder)
+        if args.target_autoencoder is not None:
+            autoencoders = {pair.source: autoencoders, pair.target: _autoencoder_file(args.target_autoencoder)}
+        train_flow_stage(args.cache, autoencoders, args.out, pair, config, args.device, progress)
 
     elif args.command == "translate":
         from symot_med.inference.translate import Translator, check_output_folder, read_model_card
@@ -216,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         from symot_med.pipeline.demo import DemoSettings, run_demo
 
         settings = DemoSettings(seed=args.seed, subjects=args.subjects, device=args.device)
+        if args.autoencoders is not None:
+            settings.autoencoders = args.autoencoders
         if args.config is not None:
             from symot_med.training.profiles import read_config_file
 

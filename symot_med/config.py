@@ -12,6 +12,9 @@ from typing import Literal
 Direction = Literal["forward", "inverse"]
 DIRECTIONS: tuple[Direction, ...] = ("forward", "inverse")
 
+# One autoencoder for both modalities of a pair, or one per modality.
+AUTOENCODER_LAYOUTS = ("shared", "separate")
+
 
 @dataclass(frozen=True)
 class Pair:

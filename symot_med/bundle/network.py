@@ -2,7 +2,7 @@
 
 ``TranslationNetwork`` maps normalised slices (B, 1, H, W) of one modality to normalised slices
 of the other: VQ-VAE-2 latents (snapped to the codebooks), the SyMOT flow T or T^-1, decoding
-and clipping to [0, 1]. MONAI 1.6's ``SliceInferer`` passes only the image (and an optional
+and clipping to [0, 1]. One autoencoder can serve both modalities, or each modality has its own. MONAI 1.6's ``SliceInferer`` passes only the image (and an optional
 ``condition=``) to the network, so the direction is fixed when the module is built.
 
 The module also stores, as buffers, the intensity scales of the training data in native units
@@ -39,7 +39,8 @@ class TranslationNetwork(nn.Module):
     """Translate normalised slices (B, 1, H, W) in one fixed direction.
 
     Args:
-        autoencoder: VQ-VAE-2 shared by both modalities.
+        autoencoder: VQ-VAE-2 shared by both modalities, or the source modality's when
+            ``target_autoencoder`` is given.
         flow: invertible map T between the two modalities' latent maps.
         direction: ``forward`` (source to target, T) or ``inverse`` (target to source, T^-1).
         source_intensity: (low, high) native values of the source modality that normalisation
@@ -50,6 +51,9 @@ class TranslationNetwork(nn.Module):
         snap_outputs: snap the flow's outputs to the codebooks before decoding. On the demo
             cohort, snapping scored slightly higher SSIM and PSNR in all four directions
             (``symot-med latent-study``, docs/results/latent_study.md).
+        target_autoencoder: the target modality's VQ-VAE-2, or None when ``autoencoder`` serves
+            both. ``forward`` encodes with ``autoencoder`` and decodes with this one;
+            ``inverse`` does the opposite. Its latent maps must have the same shapes.
     """
 
     def __init__(
@@ -61,12 +65,20 @@ class TranslationNetwork(nn.Module):
         target_intensity: Sequence[float] | None = None,
         quantized_inputs: bool = True,
         snap_outputs: bool = True,
+        target_autoencoder: VQVAE2 | None = None,
     ) -> None:
         super().__init__()
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if not isinstance(autoencoder, VQVAE2):
             raise TypeError(f"autoencoder must be a VQVAE2, got {type(autoencoder).__name__}")
+        if target_autoencoder is not None and not isinstance(target_autoencoder, VQVAE2):
+            raise TypeError(f"target_autoencoder must be a VQVAE2 or None, got {type(target_autoencoder).__name__}")
+        if target_autoencoder is not None and target_autoencoder.config.embed_dim != autoencoder.config.embed_dim:
+            raise ValueError(
+                f"the autoencoders' latent maps differ in channels ({autoencoder.config.embed_dim} and "
+                f"{target_autoencoder.config.embed_dim}); train both with the same embed_dim"
+            )
         if not isinstance(flow, LatentFlow):
             raise TypeError(f"flow must be a LatentFlow, got {type(flow).__name__}")
         for name, value in (("quantized_inputs", quantized_inputs), ("snap_outputs", snap_outputs)):
@@ -78,6 +90,7 @@ class TranslationNetwork(nn.Module):
                 )
 
         self.autoencoder = autoencoder
+        self.target_autoencoder = target_autoencoder
         self.flow = flow
         self.direction = direction
         self.quantized_inputs = bool(quantized_inputs)
@@ -91,9 +104,13 @@ class TranslationNetwork(nn.Module):
         H and W must be the slice size the flow was built for. Snapping to the codebooks carries
         no gradient, so call this under ``torch.no_grad()``.
         """
-        latents = self.autoencoder.latents(x, quantized=self.quantized_inputs)
+        source = self.autoencoder
+        target = self.target_autoencoder if self.target_autoencoder is not None else self.autoencoder
+        encoder, decoder = (source, target) if self.direction == "forward" else (target, source)
+
+        latents = encoder.latents(x, quantized=self.quantized_inputs)
         mapped = self.flow(latents, rev=self.direction == "inverse")
-        return self.autoencoder.decode(*mapped, snap=self.snap_outputs).clamp(0.0, 1.0)
+        return decoder.decode(*mapped, snap=self.snap_outputs).clamp(0.0, 1.0)
 
     def set_intensity(self, source: IntensityScale, target: IntensityScale) -> None:
         """Store the native intensity scales of the two modalities' training data."""
@@ -116,7 +133,8 @@ class TranslationNetwork(nn.Module):
         return IntensityScale(low, high)
 
     def extra_repr(self) -> str:
-        return f"direction={self.direction!r}"
+        autoencoders = "shared" if self.target_autoencoder is None else "separate"
+        return f"direction={self.direction!r}, autoencoders={autoencoders!r}"
 
 
 def build_translation_network(

@@ -26,7 +26,7 @@ from symot_med.evaluation.comparison import IDENTITY, FeatureCache, Method, eval
 from symot_med.evaluation.fid import INCEPTION_SHA1, InceptionFeatures, resolve_inception_weights
 from symot_med.evaluation.figures import ComparisonRow, comparison_figure
 from symot_med.evaluation.report import METHOD_LABELS, direction_label, comparison_csv, pair_table, slice_ssim_table, write_text
-from symot_med.inference.translate import MODEL_FILE, Translator, read_model_card
+from symot_med.inference.translate import MODEL_FILE, Translator, card_autoencoders, read_model_card
 from symot_med.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,15 @@ def symot_method(model_dir: Path, device: str) -> Method:
     """SyMOT-Flow from a ``train-flow`` folder; its budget is autoencoder plus flow training."""
     card = read_model_card(model_dir)
     translator = Translator(model_dir, device=device)
-    ae_epochs, ae_seconds = _history_budget(Path(card["autoencoder"]).parent)
+    ae_folders = sorted({Path(path).parent for path in card_autoencoders(card).values()})
+    ae_budgets = [_history_budget(folder) for folder in ae_folders]
+    ae_epochs = "+".join(str(epochs) for epochs, _ in ae_budgets)
+    ae_seconds = sum(seconds for _, seconds in ae_budgets)
     flow_epochs, flow_seconds = _history_budget(Path(card["flow"]).parent)
-    parameters = sum(p.numel() for p in translator.autoencoder.parameters())
+    autoencoders = [translator.autoencoder]
+    if translator.target_autoencoder is not None:
+        autoencoders.append(translator.target_autoencoder)
+    parameters = sum(p.numel() for model in autoencoders for p in model.parameters())
     parameters += sum(p.numel() for p in translator.flow.parameters())
     budget = {
         "epochs": f"{ae_epochs} AE + {flow_epochs} flow",

@@ -1,15 +1,16 @@
 """Which latent space should the flow work in? A measurement on one slice cache.
 
 The transport cost |x - T(x)|^2 only keeps anatomy in place if the two modalities' latents share
-coordinates. This study trains, on the same training slices and with the same budget:
+coordinates. This study trains, on the same training slices and with the same optimiser steps
+per model (each per-modality autoencoder trains twice the epochs on half the slices):
 
-- ``shared``: one VQ-VAE-2 on both modalities (the package's design), the flow on its latents;
+- ``shared``: one VQ-VAE-2 on both modalities, the flow on its latents;
 - ``separate``: one VQ-VAE-2 per modality, the flow from the source's latents to the target's,
   decoded by the output modality's autoencoder;
 
-and, on the shared autoencoder, compares three more choices. Flow inputs are snapped to the
-codebooks (``quantized``) or the encoder's pre-quantisation maps (``continuous``). The flow's
-outputs are decoded as they are or snapped to the codebooks first (``snap``). There is one
+each with the flow's outputs decoded as they are or snapped to the codebooks first (``snap``).
+On the shared autoencoder it compares two more choices. Flow inputs are snapped to the
+codebooks (``quantized``) or the encoder's pre-quantisation maps (``continuous``). There is one
 flow per latent level, or one joint flow on both levels (``joint``).
 
 Scores are on the held-out subjects' slices, which the demo cohort and BraTS / SynthRAD2023 give
@@ -36,9 +37,10 @@ from symot_med.bundle.network import TranslationNetwork
 from symot_med.config import DIRECTIONS, get_pair
 from symot_med.data.slices import SliceCache
 from symot_med.evaluation.metrics import masked_psnr, masked_ssim_2d
+from symot_med.inference.translate import card_autoencoders, read_model_card
 from symot_med.io import write_json
 from symot_med.models.vqvae2 import VQVAE2, VQVAE2Config
-from symot_med.pipeline.stages import _validation_split
+from symot_med.pipeline.stages import _validation_split, per_modality_config
 from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, load_autoencoder, train_autoencoder
 from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import FlowTrainConfig, encode_slices, load_flow, train_flow
@@ -52,7 +54,12 @@ VARIANTS = {
     "shared, quantized, joint": ("shared", "quantized", "joint", False),
     "shared, continuous": ("shared", "continuous", "per_level", False),
     "separate, quantized": ("separate", "quantized", "per_level", False),
+    "separate, quantized, snap": ("separate", "quantized", "per_level", True),
 }
+
+# The two variants that decide between one shared autoencoder and one per modality: both as the
+# product translates (quantised inputs, one flow per level, outputs snapped to the codebooks).
+LAYOUT_VARIANTS = {"shared": "shared, quantized, snap", "separate": "separate, quantized, snap"}
 
 
 def _check_reused(path: Path, expected: dict[str, dict]) -> None:
@@ -124,9 +131,9 @@ def run_latent_study(
     """Train every variant on ``cache_dir`` into ``out_dir`` (resuming finished parts) and return
     the scores, also written to ``out_dir/latent_study.json``.
 
-    ``reuse_dir`` is a demo pair folder (``demo_out/<pair>``) whose ``autoencoder`` and ``flow``
-    serve as the shared autoencoder and its per-level quantised flow, after checking that they
-    were trained with the study's settings.
+    ``reuse_dir`` is a demo pair folder (``demo_out/<pair>``). Its autoencoders and flow serve
+    as the shared or the separate autoencoders (as the demo trained them) and their per-level
+    quantised flow, after checking that they were trained with the study's settings.
     """
     cache = SliceCache.open(cache_dir)
     pair = get_pair(cache.manifest["pair"])
@@ -135,15 +142,28 @@ def run_latent_study(
     train = {m: cache.slices(m, "train") for m in pair.modalities()}
     test = {m: cache.slices(m, "test") for m in pair.modalities()}
 
-    separate = {m: _train_autoencoder(train[m], out_dir / f"ae_{m}", autoencoder, model, device, progress) for m in pair.modalities()}
+    # The demo's autoencoders and flow stand in for the variant they were trained as.
+    reused_aes: dict[str, dict[str, Path]] = {}
     reused_flows = {}
     if reuse_dir is not None:
         reuse_dir = Path(reuse_dir)
-        _check_reused(reuse_dir / "autoencoder" / "autoencoder.pt", {"train_config": asdict(autoencoder), "model_config": asdict(model)})
-        shared = load_autoencoder(reuse_dir / "autoencoder" / "autoencoder.pt", device=device)
+        files = {m: Path(path) for m, path in card_autoencoders(read_model_card(reuse_dir / "flow")).items()}
+        space = "shared" if files[pair.source] == files[pair.target] else "separate"
+        ae_config = autoencoder if space == "shared" else per_modality_config(autoencoder, len(files))
+        for path in set(files.values()):
+            _check_reused(path, {"train_config": asdict(ae_config), "model_config": asdict(model)})
         default_flow = replace(flow, latents="quantized", layout="per_level")
         _check_reused(reuse_dir / "flow" / "flow.pt", {"train_config": asdict(default_flow)})
-        reused_flows[("shared", "quantized", "per_level")] = reuse_dir / "flow"
+        reused_aes[space] = files
+        reused_flows[(space, "quantized", "per_level")] = reuse_dir / "flow"
+
+    if "separate" in reused_aes:
+        separate = {m: load_autoencoder(reused_aes["separate"][m], device=device) for m in pair.modalities()}
+    else:
+        each = per_modality_config(autoencoder, len(pair.modalities()))
+        separate = {m: _train_autoencoder(train[m], out_dir / f"ae_{m}", each, model, device, progress) for m in pair.modalities()}
+    if "shared" in reused_aes:
+        shared = load_autoencoder(reused_aes["shared"][pair.source], device=device)
     else:
         pooled = np.concatenate([train[pair.source], train[pair.target]])
         shared = _train_autoencoder(pooled, out_dir / "ae_shared", autoencoder, model, device, progress)
@@ -194,9 +214,12 @@ def run_latent_study(
         results["translation"][name] = scores
     # Training wall time per model folder; reused demo folders get the study's names.
     folders = {folder.name: folder for folder in sorted(out_dir.iterdir())}
-    if reuse_dir is not None:
-        folders["ae_shared"] = reuse_dir / "autoencoder"
-        folders["flow_shared_quantized_per_level"] = reuse_dir / "flow"
+    for space, files in reused_aes.items():
+        if space == "shared":
+            folders["ae_shared"] = files[pair.source].parent
+        else:
+            folders.update({f"ae_{m}": files[m].parent for m in pair.modalities()})
+        folders[f"flow_{space}_quantized_per_level"] = reuse_dir / "flow"
     results["seconds"] = {}
     for name, folder in folders.items():
         if (folder / "history.json").is_file():
@@ -204,6 +227,29 @@ def run_latent_study(
             results["seconds"][name] = sum(record["seconds"] for record in history)
     write_json(out_dir / "latent_study.json", results)
     return results
+
+
+def layout_decision(results: list[dict]) -> dict:
+    """Compare shared and separate autoencoders over every direction of ``results``.
+
+    Returns:
+        ``{"wins": {"shared": n, "separate": m}, "mean_ssim": {...}, "choice": layout}``. The
+        choice is the layout with the higher translation SSIM in more directions, and on a tie
+        the higher mean SSIM over the directions.
+    """
+    wins = {layout: 0 for layout in LAYOUT_VARIANTS}
+    totals = {layout: 0.0 for layout in LAYOUT_VARIANTS}
+    directions = 0
+    for result in results:
+        for scores in result["translation"].values():
+            ssim = {layout: scores[variant]["ssim"] for layout, variant in LAYOUT_VARIANTS.items()}
+            wins[max(ssim, key=ssim.get)] += 1
+            for layout, value in ssim.items():
+                totals[layout] += value
+            directions += 1
+    mean = {layout: total / max(directions, 1) for layout, total in totals.items()}
+    choice = max(LAYOUT_VARIANTS, key=lambda layout: (wins[layout], mean[layout]))
+    return {"wins": wins, "mean_ssim": mean, "choice": choice}
 
 
 def study_markdown(results: list[dict], command: str) -> str:
@@ -216,6 +262,26 @@ def study_markdown(results: list[dict], command: str) -> str:
         "See `symot_med/experiments/latent_study.py` for the variants and the metrics. Translation "
         "scores are 2D SSIM and PSNR (dB) on the held-out subjects' normalised slices, inside the "
         "ground truth's mask.",
+        "",
+    ]
+    decision = layout_decision(results)
+    directions = sum(decision["wins"].values())
+    lines += [
+        "## Shared or separate autoencoders",
+        "",
+        f"Compared as the package translates (quantised inputs, one flow per latent level, outputs snapped "
+        f"to the codebooks: rows `{LAYOUT_VARIANTS['shared']}` and `{LAYOUT_VARIANTS['separate']}`), one "
+        f"autoencoder per modality scores the higher translation SSIM in {decision['wins']['separate']} of "
+        f"{directions} directions, one shared autoencoder in {decision['wins']['shared']}. Mean SSIM over the "
+        f"directions: separate {decision['mean_ssim']['separate']:.3f}, shared {decision['mean_ssim']['shared']:.3f}. "
+        f"The layout that wins more directions (on a tie, the higher mean) is **{decision['choice']}**. "
+        "The per-modality autoencoders take as many optimiser steps each as the shared one, so they "
+        "cost twice its training time. `symot-med demo --autoencoders` chooses the layout; the "
+        "default is `DemoSettings.autoencoders`.",
+        "",
+        "The paired / unpaired latent distance below measures shared coordinates: a ratio near 1 "
+        "means the same anatomy in the two modalities lands no nearer in latent space than "
+        "different anatomy does.",
         "",
     ]
     for result in results:

@@ -12,7 +12,7 @@ any function from normalised slices to normalised slices, so the baselines in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +43,46 @@ MODEL_FILE = "model.json"
 
 
 def write_model_card(
-    model_dir: str | Path, pair: Pair, profile: Profile, intensity: dict[str, dict], autoencoder: Path, flow: Path
+    model_dir: str | Path,
+    pair: Pair,
+    profile: Profile,
+    intensity: dict[str, dict],
+    autoencoder: Path | Mapping[str, Path],
+    flow: Path,
 ) -> Path:
-    """Write ``model.json``: everything ``Translator`` needs besides the two checkpoints."""
+    """Write ``model.json``: everything ``Translator`` needs besides the checkpoints.
+
+    Args:
+        autoencoder: one ``autoencoder.pt`` shared by both modalities, or a mapping from each of
+            the pair's modalities to its own ``autoencoder.pt``.
+    """
     model_dir = Path(model_dir)
+    if isinstance(autoencoder, Mapping):
+        if set(autoencoder) != set(pair.modalities()):
+            raise ValueError(
+                f"autoencoders are given for {sorted(autoencoder)}, but pair {pair.name} needs {sorted(pair.modalities())}"
+            )
+        autoencoders = {m: str(Path(autoencoder[m]).resolve()) for m in pair.modalities()}
+    else:
+        autoencoders = {m: str(Path(autoencoder).resolve()) for m in pair.modalities()}
     payload = {
         "pair": pair.name,
         "source": pair.source,
         "target": pair.target,
         "profile": profile.to_dict(),
         "intensity": intensity,
-        "autoencoder": str(Path(autoencoder).resolve()),
+        "autoencoders": autoencoders,
         "flow": str(Path(flow).resolve()),
     }
     return write_json(model_dir / MODEL_FILE, payload)
+
+
+def card_autoencoders(card: dict) -> dict[str, str]:
+    """Autoencoder file of each modality in a model card. Older cards name one shared
+    ``autoencoder`` instead of ``autoencoders``."""
+    if "autoencoders" in card:
+        return dict(card["autoencoders"])
+    return {card["source"]: card["autoencoder"], card["target"]: card["autoencoder"]}
 
 
 def output_name(image_path: Path, input_modality: str, output_modality: str) -> str:
@@ -219,7 +245,10 @@ def profile_from_dict(values: dict) -> Profile:
 
 
 class Translator(VolumeTranslator):
-    """Load a trained model folder (``model.json``, autoencoder and flow) and translate volumes.
+    """Load a trained model folder (``model.json``, autoencoders and flow) and translate volumes.
+
+    ``autoencoder`` is the source modality's VQ-VAE-2, and ``target_autoencoder`` the target's,
+    or None when one autoencoder serves both.
 
     Args:
         model_dir: folder with ``model.json`` as written by ``write_model_card``.
@@ -235,7 +264,11 @@ class Translator(VolumeTranslator):
         self.intensity = {m: IntensityScale(s["low"], s["high"]) for m, s in card["intensity"].items()}
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        self.autoencoder = load_autoencoder(card["autoencoder"], device=self.device).eval()
+        files = card_autoencoders(card)
+        self.autoencoder = load_autoencoder(files[self.pair.source], device=self.device).eval()
+        self.target_autoencoder = None
+        if files[self.pair.target] != files[self.pair.source]:
+            self.target_autoencoder = load_autoencoder(files[self.pair.target], device=self.device).eval()
         self.flow = load_flow(card["flow"], device=self.device).eval()
         flow_settings = load_checkpoint(card["flow"]).get("train_config", {})
         self.quantized_inputs = flow_settings.get("latents", "quantized") == "quantized"
@@ -251,7 +284,13 @@ class Translator(VolumeTranslator):
         Returns:
             (B, 1, H, W) float32 translated slices, clipped to [0, 1].
         """
-        network = TranslationNetwork(self.autoencoder, self.flow, direction, quantized_inputs=self.quantized_inputs)
+        network = TranslationNetwork(
+            self.autoencoder,
+            self.flow,
+            direction,
+            quantized_inputs=self.quantized_inputs,
+            target_autoencoder=self.target_autoencoder,
+        )
         outputs = []
         for start in range(0, len(slices), self.batch_size):
             x = torch.from_numpy(slices[start : start + self.batch_size]).to(self.device)

@@ -2,7 +2,8 @@
 
 OUT/cohort                       demo cohort (BraTS-2021 and SynthRAD2023 layouts)
 OUT/<pair>/cache                 slice cache
-OUT/<pair>/autoencoder           VQ-VAE-2 checkpoints and history
+OUT/<pair>/autoencoder           VQ-VAE-2 checkpoints and history (autoencoder/<modality>
+                                 with one autoencoder per modality)
 OUT/<pair>/flow                  flow checkpoints, history and model.json
 OUT/<pair>/histogram             histogram-matching floor fitted on the training slices
 OUT/translated/<in>_to_<out>/    translated NIfTI of every held-out subject
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from symot_med.baselines.networks import NetworkConfig
 from symot_med.baselines.training import BaselineTrainConfig, train_baseline_stage
 from symot_med.baselines.translate import BaselineTranslator
-from symot_med.config import DIRECTIONS, PAIRS, Pair, get_profile
+from symot_med.config import AUTOENCODER_LAYOUTS, DIRECTIONS, PAIRS, Pair, get_profile
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
 from symot_med.data.transforms import threshold_mask
@@ -44,7 +45,7 @@ from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, VolumeTranslator
 from symot_med.io import atomic_path, write_json
 from symot_med.models.vqvae2 import VQVAE2Config
-from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
+from symot_med.pipeline.stages import prepare, train_autoencoders_stage, train_flow_stage
 from symot_med.training.autoencoder import AETrainConfig, evaluate_autoencoder, load_autoencoder
 from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import FlowTrainConfig
@@ -57,17 +58,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoSettings:
-    """Settings of one demo run; the defaults train both pairs on a 2-core CPU."""
+    """Settings of one demo run; the defaults train both pairs on a 2-core CPU.
+
+    ``autoencoders`` is ``shared`` (one VQ-VAE-2 for both modalities of a pair) or ``separate``
+    (one per modality); the other fields are described with their configuration classes.
+    """
 
     seed: int = 0
     subjects: int = 12
     test_fraction: float = 0.25
     profile: str = "demo"
     device: str = "auto"
+    autoencoders: str = "shared"
     autoencoder: AETrainConfig = field(default_factory=AETrainConfig)
     model: VQVAE2Config = field(default_factory=VQVAE2Config)
     flow: FlowTrainConfig = field(default_factory=FlowTrainConfig)
     pairs: tuple[str, ...] = ("t1t2", "ctmr")
+
+    def __post_init__(self) -> None:
+        if self.autoencoders not in AUTOENCODER_LAYOUTS:
+            raise ValueError(f"autoencoders must be one of {AUTOENCODER_LAYOUTS}, got {self.autoencoders!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,17 +151,20 @@ def evaluate_direction(
     return {"input": input_modality, "output": output_modality, "mean": summary, "cases": per_case}, written
 
 
-def autoencoder_scores(autoencoder_path: Path, cache: SliceCache, device: str) -> dict[str, dict[str, float]]:
-    """Reconstruction scores of the autoencoder on the held-out subjects' slices, per modality.
+def autoencoder_scores(autoencoder_paths: dict[str, Path], cache: SliceCache, device: str) -> dict[str, dict[str, float]]:
+    """Reconstruction scores of each modality's autoencoder on the held-out subjects' slices.
+
+    Args:
+        autoencoder_paths: ``autoencoder.pt`` of each modality (the same file when shared).
 
     Returns:
         ``{modality: {"ssim": ..., "psnr": ..., "slices": N}}``: 2D SSIM (Gaussian window of 11
         pixels, sigma 1.5) and PSNR in dB on whole normalised slices with data range 1, through
         the codebooks, averaged over the modality's held-out slices.
     """
-    model = load_autoencoder(autoencoder_path, device=resolve_device(device))
     scores = {}
     for modality in cache.manifest["intensity"]:
+        model = load_autoencoder(autoencoder_paths[modality], device=resolve_device(device))
         slices = torch.from_numpy(cache.slices(modality, "test"))
         record = evaluate_autoencoder(model, slices, batch_size=64, device=next(model.parameters()).device)
         scores[modality] = {"ssim": record["val_ssim"], "psnr": record["val_psnr"], "slices": int(slices.shape[0])}
@@ -186,11 +199,14 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
         timings[f"{pair.name}_prepare"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        autoencoder = train_ae_stage(cache_dir, run_dir / "autoencoder", settings.autoencoder, settings.model, settings.device, progress)
+        autoencoders = train_autoencoders_stage(
+            cache_dir, run_dir / "autoencoder", settings.autoencoder, settings.model, settings.device, progress,
+            layout=settings.autoencoders,
+        )
         timings[f"{pair.name}_train_autoencoder"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        model_dir = train_flow_stage(cache_dir, autoencoder, run_dir / "flow", pair, flow_config, settings.device, progress)
+        model_dir = train_flow_stage(cache_dir, autoencoders, run_dir / "flow", pair, flow_config, settings.device, progress)
         timings[f"{pair.name}_train_flow"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -201,7 +217,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
 
         start = time.perf_counter()
         cache = SliceCache.open(cache_dir)
-        metrics["autoencoder"][pair.name] = autoencoder_scores(autoencoder, cache, settings.device)
+        metrics["autoencoder"][pair.name] = autoencoder_scores(autoencoders, cache, settings.device)
         metrics["flow"][pair.name] = {"round_trip": load_checkpoint(Path(model_dir) / "flow.pt")["round_trip"]}
         translator = Translator(model_dir, device=settings.device)
         floor = BaselineTranslator(floor_dir, device=settings.device)
@@ -262,9 +278,11 @@ def summary_markdown(metrics: dict) -> str:
         psnr = " | ".join(f"{mean[method]['psnr']:.2f}" for method in METHODS)
         lines.append(f"| {name.replace('_to_', ' -> ')} | {ssim} | {psnr} | {len(result['cases'])} |")
 
+    layout = metrics["settings"].get("autoencoders", "shared")
+    autoencoders = "one autoencoder for both modalities of a pair" if layout == "shared" else "one autoencoder per modality"
     lines += [
         "",
-        "Autoencoder reconstruction of the held-out subjects' slices (2D, whole slice, data range 1):",
+        f"Autoencoder reconstruction of the held-out subjects' slices ({autoencoders}; 2D, whole slice, data range 1):",
         "",
         "| pair | modality | SSIM | PSNR (dB) | slices |",
         "|---|---|---|---|---|",

@@ -73,7 +73,10 @@ class AETrainConfig:
     batch_size: int = 4
     lr: float = 1e-3
     seed: int = 0
-    recon_loss: Literal["l1", "mse", "l1_ssim"] = "l1"
+    # On the demo's held-out CT/MR subjects, L1 + SSIM reconstructed CT / MR at SSIM 0.970 / 0.943
+    # against 0.958 / 0.933 with L1 alone, at about 1.5 times the time per epoch
+    # (benchmarks/README.md).
+    recon_loss: Literal["l1", "mse", "l1_ssim"] = "l1_ssim"
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 1.0

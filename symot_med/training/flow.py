@@ -193,8 +193,8 @@ def train_flow(
         config: optimisation, loss and architecture settings.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: show a tqdm progress bar per epoch.
-        target_ae: a separate autoencoder of the target modality, for studies of separate latent
-            spaces; ``Translator`` supports only the shared autoencoder.
+        target_ae: the target modality's own autoencoder, when each modality has one; it
+            encodes ``z_slices`` and stays frozen.
 
     Raises:
         ValueError: for invalid arrays, a batch size above the smaller slice count, or a
