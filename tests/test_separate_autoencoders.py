@@ -193,3 +193,11 @@ def test_layout_decision_counts_directions_then_mean():
     # A tie goes to the higher mean.
     tie = [{"translation": {"a_to_b": _scores(0.10, 0.20), "b_to_a": _scores(0.50, 0.30)}}]
     assert layout_decision(tie)["choice"] == "shared"
+
+
+def test_finished_autoencoder_of_one_modality_is_not_reused_for_both(separate):
+    from symot_med.pipeline.stages import train_ae_stage
+    from symot_med.training.autoencoder import AETrainConfig
+
+    with pytest.raises(ValueError, match="not the [0-9]+ training slices of t1[+]t2"):
+        train_ae_stage(separate["cache"], separate["root"] / "ae" / "t1", AETrainConfig(), VQVAE2Config(), "cpu", False)

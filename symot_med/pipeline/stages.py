@@ -19,6 +19,7 @@ from symot_med.inference.translate import MODEL_FILE, card_autoencoders, write_m
 from symot_med.io import read_json
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.training.autoencoder import AETrainConfig, load_autoencoder, train_autoencoder
+from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import FlowTrainConfig, train_flow
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,6 @@ def train_ae_stage(
 ) -> Path:
     """Train one autoencoder on the training slices of ``modalities`` (default: both of the
     cache's, pooled); return ``autoencoder.pt``."""
-    final = out_dir / "autoencoder.pt"
-    if final.is_file():
-        logger.info("autoencoder %s exists; skipping training", final)
-        return final
-
     cache = SliceCache.open(cache_dir)
     available = list(cache.manifest["intensity"])
     modalities = available if modalities is None else list(modalities)
@@ -64,6 +60,20 @@ def train_ae_stage(
     if unknown or not modalities:
         raise ValueError(f"modalities must be some of the cache's {available}, got {modalities}")
     pooled = np.concatenate([cache.slices(m, "train") for m in modalities], axis=0)
+
+    final = out_dir / "autoencoder.pt"
+    if final.is_file():
+        # A finished autoencoder of other modalities has another slice count.
+        data = load_checkpoint(final).get("data", {})
+        trained_on = data.get("n_train", 0) + data.get("n_val", 0)
+        if trained_on != len(pooled):
+            raise ValueError(
+                f"{final} was trained on {trained_on} slices, not the {len(pooled)} training slices of "
+                f"{'+'.join(modalities)}; choose another output folder or delete that autoencoder"
+            )
+        logger.info("autoencoder %s exists; skipping training", final)
+        return final
+
     train, val = _validation_split(pooled, config.seed)
     logger.info("autoencoder training on %d slices (%s), %d for validation", len(train), "+".join(modalities), len(val))
     return train_autoencoder(train, val, out_dir, config, model_config, device=device, progress=progress)
