@@ -49,9 +49,9 @@ class VQVAE2Config:
     channels: int = 64
     res_channels: int = 32
     n_res_blocks: int = 2
-    # On the demo's held-out subjects (`symot-med demo`), 1024 codes of 64 dimensions reconstruct
-    # T1 / T2 / CT / MR at SSIM 0.942 / 0.942 / 0.958 / 0.933. 256 codes of 32 dimensions gave
-    # 0.931 / 0.922 / 0.936 / 0.918, and benchmarks/README.md has more variants.
+    # On the demo's held-out subjects (`symot-med demo`, L1 loss), 1024 codes of 64 dimensions
+    # reconstruct T1 / T2 / CT / MR at SSIM 0.942 / 0.942 / 0.958 / 0.933. 256 codes of 32
+    # dimensions gave 0.931 / 0.922 / 0.936 / 0.918, and benchmarks/README.md has more variants.
     embed_dim: int = 64
     n_embed: int = 1024
     commitment: float = 0.25
