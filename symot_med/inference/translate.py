@@ -60,7 +60,8 @@ def write_model_card(
     if isinstance(autoencoder, Mapping):
         if set(autoencoder) != set(pair.modalities()):
             raise ValueError(
-                f"autoencoders are given for {sorted(autoencoder)}, but pair {pair.name} needs {sorted(pair.modalities())}"
+                f"invalid autoencoders for pair {pair.name}: given for {sorted(autoencoder)}; pass one path "
+                f"for each of {sorted(pair.modalities())}, or one shared path"
             )
         autoencoders = {m: str(Path(autoencoder[m]).resolve()) for m in pair.modalities()}
     else:
