@@ -201,3 +201,11 @@ def test_finished_autoencoder_of_one_modality_is_not_reused_for_both(separate):
 
     with pytest.raises(ValueError, match="not the [0-9]+ training slices of t1[+]t2"):
         train_ae_stage(separate["cache"], separate["root"] / "ae" / "t1", AETrainConfig(), VQVAE2Config(), "cpu", False)
+
+
+def test_model_card_needs_an_autoencoder_for_each_modality(separate, tmp_path):
+    from symot_med.inference.translate import write_model_card
+
+    with pytest.raises(ValueError, match=r"invalid autoencoders for pair t1t2: given for \['t1'\]"):
+        write_model_card(tmp_path, get_pair("t1t2"), PROFILE, {}, {"t1": separate["root"] / "ae" / "t1"}, tmp_path / "flow.pt")
+    assert not (tmp_path / MODEL_FILE).exists()
