@@ -48,7 +48,7 @@ def separate(tmp_path_factory):
     return {"root": root, "cache": cache, "cohort": cohort}
 
 
-def test_each_autoencoder_trains_on_its_modality_only(separate):
+def test_autoencoder_trains_on_own_modality(separate):
     cache = SliceCache.open(separate["cache"])
 
     for modality in ("t1", "t2"):
@@ -56,7 +56,7 @@ def test_each_autoencoder_trains_on_its_modality_only(separate):
         assert data["n_train"] + data["n_val"] == len(cache.slices(modality, "train"))
 
 
-def test_model_card_names_both_autoencoders(separate):
+def test_model_card_lists_both_autoencoders(separate):
     card = json.loads((separate["root"] / "flow" / MODEL_FILE).read_text())
 
     assert card["autoencoders"] == {
@@ -66,7 +66,7 @@ def test_model_card_names_both_autoencoders(separate):
 
 
 @pytest.mark.parametrize("modality, direction, output_modality", [("t1", "forward", "t2"), ("t2", "inverse", "t1")])
-def test_translate_with_separate_autoencoders_keeps_input_space(separate, tmp_path, modality, direction, output_modality):
+def test_translate_keeps_input_space(separate, tmp_path, modality, direction, output_modality):
     cache = SliceCache.open(separate["cache"])
     source = cache.source_file(cache.case_ids("test")[0], modality)
 
@@ -81,7 +81,7 @@ def test_translate_with_separate_autoencoders_keeps_input_space(separate, tmp_pa
     assert np.isfinite(np.asarray(output.dataobj)).all()
 
 
-def test_translator_routes_through_the_right_autoencoders(separate):
+def test_translator_routes_each_direction(separate):
     """Forward must read only the source encoder and the target decoder; inverse the opposite."""
     translator = Translator(separate["root"] / "flow", device="cpu")
     assert translator.target_autoencoder is not None
@@ -99,7 +99,7 @@ def test_translator_routes_through_the_right_autoencoders(separate):
     assert np.abs(after["inverse"] - before["inverse"]).max() > 1e-3
 
 
-def test_finished_flow_is_not_reused_with_other_autoencoders(separate):
+def test_flow_stage_rejects_other_autoencoders(separate):
     pair = get_pair("t1t2")
     shared = separate["root"] / "ae" / "t1" / "autoencoder.pt"
 
@@ -107,7 +107,7 @@ def test_finished_flow_is_not_reused_with_other_autoencoders(separate):
         train_flow_stage(separate["cache"], shared, separate["root"] / "flow", pair, None, "cpu", progress=False)
 
 
-def test_old_model_card_with_one_autoencoder_still_loads(separate, tmp_path):
+def test_old_model_card_loads(separate, tmp_path):
     card = json.loads((separate["root"] / "flow" / MODEL_FILE).read_text())
     old = {key: value for key, value in card.items() if key != "autoencoders"}
     old["autoencoder"] = card["autoencoders"]["t1"]
@@ -118,22 +118,22 @@ def test_old_model_card_with_one_autoencoder_still_loads(separate, tmp_path):
     assert translator.target_autoencoder is None
 
 
-def test_separate_stage_puts_each_modality_in_its_folder(separate, tmp_path):
-    from symot_med.models.vqvae2 import VQVAE2Config as Config
+def test_separate_stage_folders_and_epochs(separate, tmp_path):
     from symot_med.training.autoencoder import AETrainConfig
 
+    config = AETrainConfig(epochs=1, batch_size=8)
     paths = train_autoencoders_stage(
-        separate["cache"], tmp_path, AETrainConfig(epochs=1, batch_size=8), Config(**TINY["vqvae2"]), "cpu", False, layout="separate"
+        separate["cache"], tmp_path, config, VQVAE2Config(**TINY["vqvae2"]), "cpu", False, layout="separate"
     )
 
     assert paths == {"t1": tmp_path / "t1" / "autoencoder.pt", "t2": tmp_path / "t2" / "autoencoder.pt"}
     for path in paths.values():
         assert load_checkpoint(path)["train_config"]["epochs"] == 2
     with pytest.raises(ValueError, match="autoencoder layout must be one of"):
-        train_autoencoders_stage(separate["cache"], tmp_path, AETrainConfig(), Config(), "cpu", False, layout="both")
+        train_autoencoders_stage(separate["cache"], tmp_path, config, VQVAE2Config(), "cpu", False, layout="both")
 
 
-def test_train_ae_rejects_unknown_modality(separate, tmp_path, capsys):
+def test_train_ae_unknown_modality(separate, tmp_path, capsys):
     code = main(["train-ae", "--cache", str(separate["cache"]), "--out", str(tmp_path), "--modality", "flair",
                  "--profile", "demo", "--quiet"])
 
@@ -141,12 +141,12 @@ def test_train_ae_rejects_unknown_modality(separate, tmp_path, capsys):
     assert "modalities must be some of the cache's ['t1', 't2'], got ['flair']" in capsys.readouterr().err
 
 
-def test_demo_settings_reject_unknown_layout():
+def test_demo_settings_unknown_layout():
     with pytest.raises(ValueError, match="autoencoders must be one of"):
         DemoSettings(autoencoders="both")
 
 
-def test_network_rejects_autoencoders_with_different_latent_channels():
+def test_network_rejects_mismatched_autoencoders():
     source = VQVAE2(VQVAE2Config(channels=16, res_channels=8, n_res_blocks=1, embed_dim=8, n_embed=32))
     target = VQVAE2(VQVAE2Config(channels=16, res_channels=8, n_res_blocks=1, embed_dim=4, n_embed=32))
     flow = LatentFlow.from_config({"shapes": [[8, 5, 6], [8, 10, 12]], "n_blocks": 2, "hidden": 8, "n_res_blocks": 1})
@@ -157,7 +157,7 @@ def test_network_rejects_autoencoders_with_different_latent_channels():
         TranslationNetwork(source, flow, target_autoencoder=flow)
 
 
-def test_latent_study_reuses_separate_autoencoders(separate, tmp_path):
+def test_latent_study_reuses_separate_models(separate, tmp_path):
     from symot_med.experiments.latent_study import run_latent_study
     from symot_med.training.autoencoder import AETrainConfig
     from symot_med.training.flow import FlowTrainConfig
@@ -177,7 +177,7 @@ def _scores(shared: float, separate: float) -> dict:
     return {"shared, quantized, snap": {"ssim": shared, "psnr": 0.0}, "separate, quantized, snap": {"ssim": separate, "psnr": 0.0}}
 
 
-def test_layout_decision_counts_directions_then_mean():
+def test_layout_decision_count_then_mean():
     from symot_med.experiments.latent_study import layout_decision
 
     # Separate wins 3 of 4 directions but loses on the mean: the count decides.
@@ -195,7 +195,7 @@ def test_layout_decision_counts_directions_then_mean():
     assert layout_decision(tie)["choice"] == "shared"
 
 
-def test_finished_autoencoder_of_one_modality_is_not_reused_for_both(separate):
+def test_ae_stage_rejects_other_modalities(separate):
     from symot_med.pipeline.stages import train_ae_stage
     from symot_med.training.autoencoder import AETrainConfig
 
@@ -203,7 +203,7 @@ def test_finished_autoencoder_of_one_modality_is_not_reused_for_both(separate):
         train_ae_stage(separate["cache"], separate["root"] / "ae" / "t1", AETrainConfig(), VQVAE2Config(), "cpu", False)
 
 
-def test_model_card_needs_an_autoencoder_for_each_modality(separate, tmp_path):
+def test_model_card_rejects_missing_modality(separate, tmp_path):
     from symot_med.inference.translate import write_model_card
 
     with pytest.raises(ValueError, match=r"invalid autoencoders for pair t1t2: given for \['t1'\]"):

@@ -142,7 +142,7 @@ def run_latent_study(
     train = {m: cache.slices(m, "train") for m in pair.modalities()}
     test = {m: cache.slices(m, "test") for m in pair.modalities()}
 
-    # The demo's autoencoders and flow stand in for the variant they were trained as.
+    # The demo's autoencoders and flow replace those of the variant they were trained as.
     reused_aes: dict[str, dict[str, Path]] = {}
     reused_flows = {}
     if reuse_dir is not None:
@@ -160,8 +160,11 @@ def run_latent_study(
     if "separate" in reused_aes:
         separate = {m: load_autoencoder(reused_aes["separate"][m], device=device) for m in pair.modalities()}
     else:
-        each = per_modality_config(autoencoder, len(pair.modalities()))
-        separate = {m: _train_autoencoder(train[m], out_dir / f"ae_{m}", each, model, device, progress) for m in pair.modalities()}
+        per_modality = per_modality_config(autoencoder, len(pair.modalities()))
+        separate = {
+            m: _train_autoencoder(train[m], out_dir / f"ae_{m}", per_modality, model, device, progress)
+            for m in pair.modalities()
+        }
     if "shared" in reused_aes:
         shared = load_autoencoder(reused_aes["shared"][pair.source], device=device)
     else:

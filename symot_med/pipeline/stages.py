@@ -110,9 +110,9 @@ def train_autoencoders_stage(
     if layout == "shared":
         shared = train_ae_stage(cache_dir, out_dir, config, model_config, device, progress)
         return {m: shared for m in modalities}
-    each = per_modality_config(config, len(modalities))
+    per_modality = per_modality_config(config, len(modalities))
     return {
-        m: train_ae_stage(cache_dir, out_dir / m, each, model_config, device, progress, modalities=[m])
+        m: train_ae_stage(cache_dir, out_dir / m, per_modality, model_config, device, progress, modalities=[m])
         for m in modalities
     }
 
@@ -145,10 +145,10 @@ def train_flow_stage(
         # A finished flow belongs to the autoencoders it was trained on.
         if card_path.is_file():
             trained_on = card_autoencoders(read_json(card_path))
-            wanted = {m: str(path.resolve()) for m, path in paths.items()}
-            if trained_on != wanted:
+            expected = {m: str(path.resolve()) for m, path in paths.items()}
+            if trained_on != expected:
                 raise ValueError(
-                    f"{final} was trained on the autoencoders {trained_on}, not {wanted}; "
+                    f"{final} was trained on the autoencoders {trained_on}, not {expected}; "
                     "choose another output folder or delete that flow"
                 )
         logger.info("flow %s exists; skipping training", final)
