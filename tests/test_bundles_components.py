@@ -38,6 +38,7 @@ from symot_med.bundle.workflows import (
 from symot_med.config import get_pair
 from symot_med.data.transforms import IntensityScale
 from symot_med.losses.symot import SyMOTLoss
+from symot_med.models.flow import LatentFlow
 from symot_med.training.checkpoints import load_checkpoint, save_checkpoint
 from symot_med.training.ema import WeightAverage
 from symot_med.training.flow import FlowTrainConfig, learning_rate
@@ -46,8 +47,8 @@ TINY_AUTOENCODER = {"channels": 8, "res_channels": 4, "n_res_blocks": 1, "embed_
 TINY_FLOW = {"n_blocks": 1, "hidden": 4, "n_res_blocks": 0}
 
 
-def tiny_network(direction: str = "forward") -> TranslationNetwork:
-    return build_translation_network(TINY_AUTOENCODER, (16, 24), TINY_FLOW, direction)
+def tiny_network(direction: str = "forward", flow_dtype: str = "float64") -> TranslationNetwork:
+    return build_translation_network(TINY_AUTOENCODER, (16, 24), TINY_FLOW, direction, flow_dtype=flow_dtype)
 
 
 def test_network_maps_slices_to_unit_range():
@@ -79,13 +80,60 @@ def test_network_snaps_outputs_to_codes():
     x = torch.rand(2, 1, 16, 24)
 
     with torch.no_grad():
-        mapped = network.flow(network.autoencoder.latents(x, quantized=True))
+        latents = network.autoencoder.latents(x, quantized=True)
+        mapped = [level.float() for level in network.flow(tuple(level.double() for level in latents))]
         snapped = network.autoencoder.decode(
             network.autoencoder.quantizer_top.snap(mapped[0]), network.autoencoder.quantizer_bottom.snap(mapped[1])
         )
         output = network(x)
 
     torch.testing.assert_close(output, snapped.clamp(0.0, 1.0))
+
+
+def _perturbed(network: TranslationNetwork, seed: int = 0) -> TranslationNetwork:
+    """Move the trainable flow weights off their identity start, so the flow changes its input."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.flow.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return network.eval()
+
+
+def test_network_runs_flow_in_float64():
+    network = _perturbed(tiny_network())
+    x = torch.rand(2, 1, 16, 24)
+
+    # Reference: the same weights run in float32 and in float64 by hand.
+    flow32 = LatentFlow.from_config(network.flow.config())
+    flow32.load_state_dict(network.flow.state_dict())
+    with torch.no_grad():
+        latents = network.autoencoder.latents(x, quantized=True)
+        mapped64 = network.flow(tuple(level.double() for level in latents))
+        mapped32 = flow32(latents)
+        expected = network.autoencoder.decode(*(level.float() for level in mapped64), snap=True).clamp(0.0, 1.0)
+        output = network(x)
+
+    assert all(parameter.dtype == torch.float64 for parameter in network.flow.parameters())
+    assert not torch.equal(mapped64[1].float(), mapped32[1])
+    assert output.dtype == torch.float32
+    torch.testing.assert_close(output, expected)
+
+
+def test_network_float32_flow_stays_float32():
+    flow = tiny_network(flow_dtype="float32").flow
+
+    network = TranslationNetwork(tiny_network().autoencoder, flow, "forward", flow_dtype="float32")
+
+    assert network.flow is flow
+    assert all(parameter.dtype == torch.float32 for parameter in flow.parameters())
+
+
+def test_network_rejects_half_precision_flow():
+    network = tiny_network()
+
+    with pytest.raises(ValueError, match="flow_dtype must be torch.float64 or torch.float32.*float16"):
+        TranslationNetwork(network.autoencoder, network.flow, "forward", flow_dtype=torch.float16)
 
 
 def test_output_intensity_follows_direction():
@@ -104,7 +152,7 @@ def test_output_intensity_missing_raises():
 
 def test_symmetric_flow_returns_both_directions():
     network = tiny_network()
-    symmetric = SymmetricFlow(network.flow)
+    symmetric = SymmetricFlow(network.flow.float())
     x = network.autoencoder.latents(torch.rand(2, 1, 16, 24))
 
     with torch.no_grad():
@@ -302,7 +350,7 @@ def run_flow_trainer(tmp_path: Path, config: FlowTrainConfig) -> dict:
         - ``rates``: the learning rate of every iteration.
         - ``record``: the written ``model.pt``.
     """
-    network = tiny_network()
+    network = tiny_network(flow_dtype="float32")
     flow = network.flow
     dataset = UnpairedLatentDataset(random_latents(network, N_SOURCE, 1), random_latents(network, N_TARGET, 2))
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)

@@ -15,6 +15,7 @@ from symot_med.cli import main
 from symot_med.config import Profile, get_pair
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
+from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
 from symot_med.training.autoencoder import AETrainConfig
@@ -127,6 +128,26 @@ def test_flow_round_trip_on_real_latents(trained):
 
     for level, back in zip(latents, restored):
         assert torch.max(torch.abs(level - back)).item() < 1e-4
+
+
+def test_demo_round_trip_both_precisions(trained):
+    from symot_med.inference.translate import Translator
+    from symot_med.pipeline.demo import flow_round_trip
+
+    cache = SliceCache.open(trained["root"] / "ctmr" / "cache")
+    translator = Translator(trained["models"]["ctmr"], device="cpu")
+
+    errors = flow_round_trip(translator, cache)
+
+    # Reference: the flow's weights in float32, on the latents of the same slices.
+    flow = LatentFlow.from_config(translator.flow.config())
+    flow.load_state_dict(translator.flow.state_dict())
+    with torch.no_grad():
+        z = translator.autoencoder.latents(torch.from_numpy(cache.slices("mr", "train")[:64]), quantized=True)
+        z_back = flow(flow(z, rev=True))
+    expected = max(float((a - b).abs().max()) for a, b in zip(z_back, z))
+    assert errors["round_trip_float32"]["inverse_then_forward"] == pytest.approx(expected)
+    assert max(errors["round_trip"].values()) < 1e-10
 
 
 # Bad input: one line on stderr naming the file and the expected layout, non-zero exit code, no

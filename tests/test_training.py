@@ -22,6 +22,7 @@ from symot_med.training.flow import (
     encode_slices,
     learning_rate,
     load_flow,
+    round_trip_error,
     train_flow,
 )
 
@@ -324,15 +325,43 @@ def test_flow_records_round_trip(tmp_path, tiny_autoencoder):
     path = train_flow(model, x_slices, z_slices, tmp_path, TINY_FLOW, "cpu", False)
 
     record = load_checkpoint(path)
-    assert set(record["round_trip"]) == {"forward_then_inverse", "inverse_then_forward"}
-    assert max(record["round_trip"].values()) < 1e-4
+    for key in ("round_trip", "round_trip_float32"):
+        assert set(record[key]) == {"forward_then_inverse", "inverse_then_forward"}
+    assert max(record["round_trip"].values()) < 1e-10
+    assert max(record["round_trip_float32"].values()) < 1e-4
 
-    # Recompute independently with the loaded flow on the real latents.
+    # Recompute independently with the loaded flow on the real latents, in both precisions.
     flow = load_flow(path)
     z = encode_slices(model, z_slices, device="cpu")
     with torch.no_grad():
         back = flow(flow(z, rev=True))
+        z64 = tuple(level.double() for level in z)
+        back64 = flow.double()(flow(z64, rev=True))
     assert max(float((a - b).abs().max()) for a, b in zip(back, z)) < 1e-4
+    assert max(float((a - b).abs().max()) for a, b in zip(back64, z64)) < 1e-10
+
+
+def test_round_trip_error_precisions():
+    flow = LatentFlow([(4, 4, 6), (4, 8, 12)], n_blocks=2, hidden=8, n_res_blocks=1)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    x = (3 * torch.randn(5, 4, 4, 6, generator=generator), 3 * torch.randn(5, 4, 8, 12, generator=generator))
+    z = (3 * torch.randn(5, 4, 4, 6, generator=generator), 3 * torch.randn(5, 4, 8, 12, generator=generator))
+
+    errors64 = round_trip_error(flow, x, z)
+    errors32 = round_trip_error(flow, x, z, dtype=torch.float32)
+
+    with torch.no_grad():
+        x_back = flow(flow(x), rev=True)
+        z_back = flow(flow(z, rev=True))
+    assert errors32["forward_then_inverse"] == pytest.approx(max(float((a - b).abs().max()) for a, b in zip(x_back, x)))
+    assert errors32["inverse_then_forward"] == pytest.approx(max(float((a - b).abs().max()) for a, b in zip(z_back, z)))
+    assert max(errors64.values()) < 1e-10
+    assert max(errors64.values()) < max(errors32.values())
+    assert all(parameter.dtype == torch.float32 for parameter in flow.parameters())
 
 
 def test_train_flow_rejects_batch_above_slice_count(tmp_path, tiny_autoencoder):
