@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,21 @@ def test_demo_round_trip_both_precisions(trained):
     expected = max(float((a - b).abs().max()) for a, b in zip(z_back, z))
     assert errors["round_trip_float32"]["inverse_then_forward"] == pytest.approx(expected)
     assert max(errors["round_trip"].values()) < 1e-10
+
+
+def test_demo_training_time_from_histories(trained):
+    from symot_med.pipeline.demo import training_seconds
+
+    run = trained["root"] / "ctmr"
+    autoencoder = run / "autoencoder" / "autoencoder.pt"
+
+    seconds = training_seconds({"ct": autoencoder, "mr": autoencoder}, trained["models"]["ctmr"])
+
+    # The shared autoencoder counts once.
+    autoencoder_history = json.loads((run / "autoencoder" / "history.json").read_text())
+    flow_history = json.loads((trained["models"]["ctmr"] / "history.json").read_text())
+    assert seconds["autoencoder"] == pytest.approx(sum(epoch["seconds"] for epoch in autoencoder_history), abs=0.1)
+    assert seconds["flow"] == pytest.approx(sum(epoch["seconds"] for epoch in flow_history), abs=0.1)
 
 
 # Bad input: one line on stderr naming the file and the expected layout, non-zero exit code, no
