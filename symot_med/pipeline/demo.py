@@ -20,6 +20,7 @@ Every stage skips or resumes work already done in OUT, so an interrupted demo ca
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -82,6 +83,39 @@ class DemoSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings that a rerun into an existing folder may change: they do not change what is trained.
+RERUN_SETTINGS = ("device", "pairs")
+
+
+def check_settings_match(out_dir: Path, settings: DemoSettings) -> None:
+    """Raise ValueError when ``out_dir`` contains a demo run with other settings.
+
+    A rerun reuses every finished stage, so other settings would silently score models trained
+    with the earlier ones. ``device`` and ``pairs`` may differ.
+    """
+    path = out_dir / "settings.json"
+    if not path.is_file():
+        return
+
+    previous = read_json(path)
+    current = json.loads(json.dumps(settings.to_dict()))
+    differing = []
+    for key in sorted(set(previous) | set(current)):
+        if key in RERUN_SETTINGS:
+            continue
+        old, new = previous.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differing += [f"{key}.{name}" for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+        elif old != new:
+            differing.append(key)
+    if differing:
+        raise ValueError(
+            f"{out_dir} contains a demo run with other settings: {', '.join(differing)} differ from "
+            f"{path}. Its finished stages would be reused, so pass the same options again or choose "
+            "a new --out folder"
+        )
 
 
 def _ground_truth_mask(case_files: dict, modality: str) -> np.ndarray:
@@ -222,6 +256,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
     ``command`` is the command line named at the top of ``summary.md``.
     """
     out_dir = Path(out_dir)
+    check_settings_match(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("demo settings: %s", settings.to_dict())
     write_json(out_dir / "settings.json", settings.to_dict())

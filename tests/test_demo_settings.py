@@ -1,0 +1,57 @@
+"""Tests of the demo's check that a rerun into an existing folder uses the same settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from symot_med.cli import main
+from symot_med.io import write_json
+from symot_med.pipeline.demo import DemoSettings, check_settings_match, run_demo
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """A demo folder whose settings.json contains the default settings."""
+    write_json(tmp_path / "settings.json", DemoSettings().to_dict())
+    return tmp_path
+
+
+def test_rerun_other_subjects_rejected(earlier_run):
+    before = (earlier_run / "settings.json").read_text()
+
+    with pytest.raises(ValueError, match=r"subjects differ from .*settings\.json.*new --out folder"):
+        run_demo(earlier_run, DemoSettings(subjects=4), progress=False)
+
+    assert (earlier_run / "settings.json").read_text() == before
+    assert sorted(path.name for path in earlier_run.iterdir()) == ["settings.json"]
+
+
+def test_rerun_names_nested_field(earlier_run):
+    settings = DemoSettings()
+    settings.autoencoder = replace(settings.autoencoder, epochs=3)
+
+    with pytest.raises(ValueError, match=r"settings: autoencoder\.epochs differ"):
+        check_settings_match(earlier_run, settings)
+
+
+def test_rerun_other_device_and_pairs_allowed(earlier_run):
+    check_settings_match(earlier_run, DemoSettings(device="cpu", pairs=("t1t2",)))
+
+
+def test_rerun_same_settings_allowed(earlier_run):
+    check_settings_match(earlier_run, DemoSettings())
+
+
+def test_new_folder_allowed(tmp_path):
+    check_settings_match(tmp_path / "new", DemoSettings(subjects=4))
+
+
+def test_cli_rerun_other_settings_fails(earlier_run, capsys):
+    code = main(["demo", "--out", str(earlier_run), "--subjects", "4", "--quiet"])
+
+    assert code == 1
+    assert "settings.json" in capsys.readouterr().err
+    assert json.loads((earlier_run / "settings.json").read_text())["subjects"] == 12
