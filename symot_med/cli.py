@@ -104,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out; reruns resume)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--subjects", type=int, default=12, help="subjects per data set (default: 12)")
-    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: AETrainConfig.epochs)")
+    p.add_argument("--ae-epochs", type=int, default=None, help="epochs of a shared autoencoder; each per-modality autoencoder trains twice as many (default: AETrainConfig.epochs)")
     p.add_argument("--flow-epochs", type=int, default=None, help="flow epochs (default: FlowTrainConfig.epochs)")
     p.add_argument("--autoencoders", choices=AUTOENCODER_LAYOUTS, default=None,
-                   help="one autoencoder per pair (shared) or per modality (separate) (default: DemoSettings.autoencoders)")
+                   help="one autoencoder per pair (shared) or per modality (separate) (default: separate, from DemoSettings.autoencoders)")
     p.add_argument("--config", type=Path, default=None,
                    help="JSON file overriding the demo profile's training settings (sections autoencoder, vqvae2, flow)")
     add_device_option(p)

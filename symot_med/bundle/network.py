@@ -49,8 +49,8 @@ class TranslationNetwork(nn.Module):
         quantized_inputs: snap the encoder's latent maps to the codebooks before the flow, as
             for a flow trained with ``FlowTrainConfig.latents = "quantized"``.
         snap_outputs: snap the flow's outputs to the codebooks before decoding. On the demo
-            cohort, snapping scored slightly higher SSIM and PSNR in all four directions
-            (``symot-med latent-study``, docs/results/latent_study.md).
+            cohort, snapping scored higher SSIM in all four directions with either autoencoder
+            layout (``symot-med latent-study``, docs/results/latent_study.md).
         target_autoencoder: the target modality's VQ-VAE-2, or None when ``autoencoder`` serves
             both. ``forward`` encodes with ``autoencoder`` and decodes with this one;
             ``inverse`` does the opposite. Its latent maps must have the same shapes.

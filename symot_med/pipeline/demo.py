@@ -71,7 +71,9 @@ class DemoSettings:
     test_fraction: float = 0.25
     profile: str = "demo"
     device: str = "auto"
-    autoencoders: str = "shared"
+    # One autoencoder per modality translated better in all four directions of the latent study
+    # (docs/results/latent_study.md), at twice the autoencoder training time.
+    autoencoders: str = "separate"
     autoencoder: AETrainConfig = field(default_factory=AETrainConfig)
     model: VQVAE2Config = field(default_factory=VQVAE2Config)
     flow: FlowTrainConfig = field(default_factory=FlowTrainConfig)
