@@ -166,6 +166,31 @@ def test_demo_training_time_from_histories(trained):
     assert seconds["flow"] == pytest.approx(sum(epoch["seconds"] for epoch in flow_history), abs=0.1)
 
 
+def test_demo_reconstruction_figure(trained, tmp_path):
+    from matplotlib.image import imread
+
+    from symot_med.evaluation.figures import reconstruction_figure
+    from symot_med.pipeline.demo import middle_reconstructions
+    from symot_med.training.autoencoder import load_autoencoder
+
+    run = trained["root"] / "ctmr"
+    path = run / "autoencoder" / "autoencoder.pt"
+    cache = SliceCache.open(run / "cache")
+
+    rows = middle_reconstructions({"ct": path, "mr": path}, cache, "cpu")
+    written = reconstruction_figure(rows, tmp_path / "reconstructions.png")
+
+    # Reference: the autoencoder's own forward pass in eval mode, on the same middle slice.
+    autoencoder = load_autoencoder(path).eval()
+    slices = cache.slices("mr", "test")
+    with torch.no_grad():
+        expected = autoencoder(torch.from_numpy(slices[len(slices) // 2 :][:1]))[0][0, 0].numpy()
+    assert [row[0].split(",")[0] for row in rows] == ["ct", "mr"]
+    np.testing.assert_array_equal(rows[1][1], slices[len(slices) // 2, 0])
+    np.testing.assert_allclose(rows[1][2], expected, atol=1e-6)
+    assert imread(written).shape[0] == 2 * 225
+
+
 # Bad input: one line on stderr naming the file and the expected layout, non-zero exit code, no
 # traceback, nothing written next to the input.
 

@@ -1,5 +1,5 @@
-"""Figures of translated volumes: input | translated | ground truth on a few axial slices, and the
-method comparison with difference maps."""
+"""Figures of translated volumes: input | translated | ground truth on a few axial slices, the
+method comparison with difference maps, and autoencoder reconstructions."""
 
 from __future__ import annotations
 
@@ -72,6 +72,45 @@ def translation_figure(rows: list[FigureRow], out_path: str | Path, slices_per_r
 
     for c, name in enumerate(["input", "translated", "ground truth"]):
         axes[0, c].set_title(name)
+    figure.tight_layout()
+
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    return out_path
+
+
+# Upper end of the colour scale of reconstruction differences, in normalised units.
+RECONSTRUCTION_DIFFERENCE_MAX = 0.2
+
+
+def reconstruction_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], out_path: str | Path) -> Path:
+    """Plot, per row, slice | reconstruction | |reconstruction - slice|.
+
+    Args:
+        rows: ``(title, slice, reconstruction)`` with (H, W) arrays in normalised units (about
+            [0, 1]). Slices and reconstructions share the grey scale [0, 1]; differences use
+            [0, ``RECONSTRUCTION_DIFFERENCE_MAX``].
+        out_path: PNG file, written atomically.
+    """
+    figure, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
+
+    for r, (title, image, reconstruction) in enumerate(rows):
+        panels = [
+            (image, "gray", 1.0),
+            (reconstruction, "gray", 1.0),
+            (np.abs(reconstruction - image), "magma", RECONSTRUCTION_DIFFERENCE_MAX),
+        ]
+        for c, (panel, colours, high) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(panel), cmap=colours, vmin=0.0, vmax=high)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(title, fontsize=8)
+
+    for c, name in enumerate(["held-out slice", "reconstruction", f"|difference| (0 to {RECONSTRUCTION_DIFFERENCE_MAX:g})"]):
+        axes[0, c].set_title(name, fontsize=10)
     figure.tight_layout()
 
     out_path = Path(out_path)

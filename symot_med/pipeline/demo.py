@@ -13,6 +13,7 @@ OUT/metrics.json                 SSIM and PSNR per direction and subject, with t
                                  scores on the held-out subjects and the flow's round trip
 OUT/summary.md                   the same means as markdown tables, with stage timings
 OUT/translations.png             input | translated | ground truth
+OUT/reconstructions.png          held-out slice | autoencoder reconstruction | difference
 OUT/settings.json                the resolved settings
 
 Every stage skips or resumes work already done in OUT, so an interrupted demo can be rerun.
@@ -41,7 +42,7 @@ from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
 from symot_med.data.transforms import threshold_mask
 from symot_med.device import resolve_device
-from symot_med.evaluation.figures import FigureRow, translation_figure
+from symot_med.evaluation.figures import FigureRow, reconstruction_figure, translation_figure
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, VolumeTranslator
 from symot_med.io import atomic_path, read_json, write_json
@@ -188,6 +189,26 @@ def evaluate_direction(
     return {"input": input_modality, "output": output_modality, "mean": summary, "cases": per_case}, written
 
 
+@torch.no_grad()
+def middle_reconstructions(
+    autoencoder_paths: dict[str, Path], cache: SliceCache, device: str
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Reconstruct the middle held-out slice of each modality through its autoencoder's codebooks.
+
+    Returns:
+        ``(title, slice, reconstruction)`` per modality, each array (H, W) in normalised units.
+    """
+    rows = []
+    for modality, path in autoencoder_paths.items():
+        autoencoder = load_autoencoder(path, device=device).eval()
+        slices = cache.slices(modality, "test")
+        index = len(slices) // 2
+        image = torch.from_numpy(slices[index : index + 1]).to(next(autoencoder.parameters()).device)
+        reconstruction = autoencoder.decode(*autoencoder.latents(image, quantized=True))
+        rows.append((f"{modality}, held-out slice {index}", slices[index, 0], reconstruction[0, 0].cpu().numpy()))
+    return rows
+
+
 def autoencoder_scores(autoencoder_paths: dict[str, Path], cache: SliceCache, device: str) -> dict[str, dict[str, float]]:
     """Reconstruction scores of each modality's autoencoder on the held-out subjects' slices.
 
@@ -270,6 +291,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
 
     metrics: dict = {"command": command, "directions": {}, "autoencoder": {}, "flow": {}, "settings": settings.to_dict()}
     figure_rows = []
+    reconstruction_rows = []
     for pair_name in settings.pairs:
         pair = PAIRS[pair_name]
         run_dir = out_dir / pair.name
@@ -300,6 +322,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
         start = time.perf_counter()
         cache = SliceCache.open(cache_dir)
         metrics["autoencoder"][pair.name] = autoencoder_scores(autoencoders, cache, settings.device)
+        reconstruction_rows += middle_reconstructions(autoencoders, cache, settings.device)
         translator = Translator(model_dir, device=settings.device)
         metrics["flow"][pair.name] = flow_round_trip(translator, cache)
         metrics.setdefault("training_s", {})[pair.name] = training_seconds(autoencoders, Path(model_dir))
@@ -328,6 +351,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
         timings[f"{pair.name}_translate_and_score"] = time.perf_counter() - start
 
     translation_figure(figure_rows, out_dir / "translations.png")
+    reconstruction_figure(reconstruction_rows, out_dir / "reconstructions.png")
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     metrics["environment"] = {
         "python": platform.python_version(),
@@ -373,6 +397,12 @@ def summary_markdown(metrics: dict) -> str:
     for pair_name, per_modality in metrics["autoencoder"].items():
         for modality, scores in per_modality.items():
             lines.append(f"| {pair_name} | {modality} | {scores['ssim']:.3f} | {scores['psnr']:.2f} | {scores['slices']} |")
+    lines += [
+        "",
+        "Figures in the same folder: `translations.png` (input | translated | ground truth) and "
+        "`reconstructions.png` (the middle held-out slice of each modality | its reconstruction | "
+        "absolute difference).",
+    ]
 
     lines += [
         "",
