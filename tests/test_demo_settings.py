@@ -22,7 +22,7 @@ def earlier_run(tmp_path):
 def test_rerun_other_subjects_rejected(earlier_run):
     before = (earlier_run / "settings.json").read_text()
 
-    with pytest.raises(ValueError, match=r"subjects differ from .*settings\.json.*new --out folder"):
+    with pytest.raises(ValueError, match=r"subjects \(12 there, 4 now\) differ from .*settings\.json.*new --out folder"):
         run_demo(earlier_run, DemoSettings(subjects=4), progress=False)
 
     assert (earlier_run / "settings.json").read_text() == before
@@ -33,7 +33,7 @@ def test_rerun_names_nested_field(earlier_run):
     settings = DemoSettings()
     settings.autoencoder = replace(settings.autoencoder, epochs=3)
 
-    with pytest.raises(ValueError, match=r"settings: autoencoder\.epochs differ"):
+    with pytest.raises(ValueError, match=r"settings: autoencoder\.epochs \(20 there, 3 now\) differ"):
         check_settings_match(earlier_run, settings)
 
 

@@ -110,14 +110,18 @@ def check_settings_match(out_dir: Path, settings: DemoSettings) -> None:
             continue
         old, new = previous.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            differing += [f"{key}.{name}" for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+            differing += [
+                f"{key}.{name} ({old.get(name)!r} there, {new.get(name)!r} now)"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
         elif old != new:
-            differing.append(key)
+            differing.append(f"{key} ({old!r} there, {new!r} now)")
     if differing:
         raise ValueError(
             f"{out_dir} contains a demo run with other settings: {', '.join(differing)} differ from "
-            f"{path}. Its finished stages would be reused, so pass the same options again or choose "
-            "a new --out folder"
+            f"{path}. Its finished stages would be reused, so pass the options of that run again or "
+            "choose a new --out folder"
         )
 
 
