@@ -49,6 +49,18 @@ def test_new_folder_allowed(tmp_path):
     check_settings_match(tmp_path / "new", DemoSettings(subjects=4))
 
 
+def test_invalid_settings_leave_no_settings_file(tmp_path):
+    with pytest.raises(ValueError, match="invalid device 'tpu'"):
+        run_demo(tmp_path / "run", DemoSettings(device="tpu"), progress=False)
+
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_subjects_rejected():
+    with pytest.raises(ValueError, match="subjects must be a positive integer, got 0"):
+        DemoSettings(subjects=0)
+
+
 def test_cli_rerun_other_settings_fails(earlier_run, capsys):
     code = main(["demo", "--out", str(earlier_run), "--subjects", "4", "--quiet"])
 

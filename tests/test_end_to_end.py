@@ -104,6 +104,19 @@ def test_ct_output_is_int16_hu(trained, tmp_path):
     assert values.max() <= 3000
 
 
+def test_translate_rejects_mask_of_other_grid(trained, tmp_path, capsys):
+    image = _test_case_file(trained, "t1t2", "t1")
+    mask = tmp_path / "small_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), dtype=np.uint8), np.eye(4)), str(mask))
+
+    code = main(["translate", str(image), "--model", str(trained["models"]["t1t2"]), "--direction", "forward",
+                 "--mask", str(mask), "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+
+    assert code == 1
+    assert "small_mask.nii.gz (shape (10, 10, 10)) is not on the voxel grid" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_translate_case_folder_keeps_case_names(trained, tmp_path):
     data = trained["cohort"]["synthrad"]
 

@@ -250,6 +250,17 @@ class PreprocessedVolume:
     record: GridRecord
 
 
+def check_same_grid(mask_path: Path, image: nib.spatialimages.SpatialImage, image_path: Path) -> None:
+    """Raise ValueError naming both files unless the mask has the image's voxel grid (shape and affine)."""
+    mask = nib.load(str(mask_path))
+    same_shape = tuple(mask.shape[:3]) == tuple(image.shape[:3])
+    if not same_shape or not np.allclose(mask.affine, image.affine, atol=1e-3):
+        raise ValueError(
+            f"mask {mask_path} (shape {tuple(mask.shape)}) is not on the voxel grid of {image_path} "
+            f"(shape {tuple(image.shape)}): shapes or affines differ; pass the mask made for this volume"
+        )
+
+
 def preprocess_volume(
     image_path: str | Path, modality: str, profile: Profile, mask_path: str | Path | None = None
 ) -> PreprocessedVolume:
@@ -257,11 +268,12 @@ def preprocess_volume(
     image_path = Path(image_path)
     check_nifti(image_path)
     data = {"image": str(image_path)}
+    native = nib.load(str(image_path))
     if mask_path is not None:
         check_nifti(Path(mask_path))
+        check_same_grid(Path(mask_path), native, image_path)
         data["mask"] = str(mask_path)
 
-    native = nib.load(str(image_path))
     pipeline = build_preprocessing(modality, profile, with_mask_file=mask_path is not None)
     try:
         out = pipeline(data)

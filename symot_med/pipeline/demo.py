@@ -81,6 +81,8 @@ class DemoSettings:
     pairs: tuple[str, ...] = ("t1t2", "ctmr")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.subjects, int) or self.subjects < 1:
+            raise ValueError(f"subjects must be a positive integer, got {self.subjects!r}")
         if self.autoencoders not in AUTOENCODER_LAYOUTS:
             raise ValueError(f"autoencoders must be one of {AUTOENCODER_LAYOUTS}, got {self.autoencoders!r}")
 
@@ -283,6 +285,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
     ``command`` is the command line named at the top of ``summary.md``.
     """
     out_dir = Path(out_dir)
+    # Invalid settings fail before settings.json is written, so they never block a rerun.
+    resolve_device(settings.device)
     check_settings_match(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("demo settings: %s", settings.to_dict())
