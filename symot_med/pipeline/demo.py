@@ -285,7 +285,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
     ``command`` is the command line named at the top of ``summary.md``.
     """
     out_dir = Path(out_dir)
-    # Invalid settings fail before settings.json is written, so they never block a rerun.
+    # Check the device before settings.json is written, so a typo in it does not block a rerun.
     resolve_device(settings.device)
     check_settings_match(out_dir, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
