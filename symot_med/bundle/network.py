@@ -152,7 +152,7 @@ def _flow_dtype(value: torch.dtype | str) -> torch.dtype:
     names = {"float32": torch.float32, "float64": torch.float64}
     dtype = names.get(value, value) if isinstance(value, str) else value
     if dtype not in names.values():
-        raise ValueError(f"flow_dtype must be torch.float64 or torch.float32 (or their names), got {value!r}")
+        raise ValueError(f"invalid flow_dtype {value!r}: pass torch.float64 (the default) or torch.float32, or their names")
     return dtype
 
 

@@ -332,8 +332,8 @@ class SaveTranslationModel(_FinalCheckpoint):
     def payload(self, engine: Engine) -> dict[str, Any]:
         averaged = self.average is not None and self.average.decay > 0
         flow = self.flow if self.average is None else self.average.averaged
-        # float32 leaves the training modules as they are; inference loads the weights into a
-        # float64 flow.
+        # In float32 the network does not convert the training modules. Inference loads these
+        # weights into a float64 flow.
         network = TranslationNetwork(self.autoencoder, flow, "forward", flow_dtype=torch.float32)
         network.set_intensity(self.source_intensity, self.target_intensity)
         extra = {

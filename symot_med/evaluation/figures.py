@@ -81,6 +81,15 @@ def translation_figure(rows: list[FigureRow], out_path: str | Path, slices_per_r
     return out_path
 
 
+def _save_figure(figure, out_path: str | Path) -> Path:
+    """Write ``figure`` to ``out_path`` atomically at 90 dpi, close it and return the path."""
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    return out_path
+
+
 # Upper end of the colour scale of reconstruction differences, in normalised units.
 RECONSTRUCTION_DIFFERENCE_MAX = 0.2
 
@@ -113,11 +122,7 @@ def reconstruction_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], out_pa
         axes[0, c].set_title(name, fontsize=10)
     figure.tight_layout()
 
-    out_path = Path(out_path)
-    with atomic_path(out_path) as temporary:
-        figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    return out_path
+    return _save_figure(figure, out_path)
 
 
 @dataclass

@@ -236,7 +236,7 @@ def autoencoder_scores(autoencoder_paths: dict[str, Path], cache: SliceCache, de
 
 
 def flow_round_trip(translator: Translator, cache: SliceCache) -> dict[str, dict[str, float]]:
-    """Round-trip errors of the translator's flow on the latents of the first training slices.
+    """Measure the round-trip error of the translator's flow on the first training slices' latents.
 
     Returns:
         ``{"round_trip": ..., "round_trip_float32": ...}``, each as from ``round_trip_error``:
@@ -244,7 +244,9 @@ def flow_round_trip(translator: Translator, cache: SliceCache) -> dict[str, dict
         precision.
     """
     pair = translator.pair
-    target_autoencoder = translator.target_autoencoder or translator.autoencoder
+    target_autoencoder = translator.target_autoencoder
+    if target_autoencoder is None:
+        target_autoencoder = translator.autoencoder
     latents = [
         encode_slices(
             autoencoder,
