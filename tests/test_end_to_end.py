@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -378,3 +379,78 @@ def test_latent_study_reuses_demo_models(trained, tmp_path):
     other = FlowTrainConfig(**{**TINY_FLOW.__dict__, "hidden": 4})
     with pytest.raises(ValueError, match="flow.pt was trained with train_config"):
         run_latent_study(pair_dir / "cache", tmp_path / "other", TINY_AE, TINY_MODEL, other, device="cpu", progress=False, reuse_dir=pair_dir)
+
+
+def _copy_with_new_name(source: Path, target: Path) -> Path:
+    """Save the voxels and affine of ``source`` under ``target`` (a new NIfTI, not a file copy)."""
+    image = nib.load(str(source))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine), str(target))
+    return target
+
+
+def test_nan_voxels_rejected_before_writing(trained, tmp_path, capsys):
+    image = nib.load(str(_test_case_file(trained, "t1t2", "t1")))
+    values = np.asarray(image.dataobj, dtype=np.float32)
+    values[10, 10, 10] = np.nan
+    values[11, 10, 10] = np.inf
+    values[12, 10, 10] = np.nan
+    bad = tmp_path / "inputs" / "scan_t1.nii.gz"
+    bad.parent.mkdir()
+    nib.save(nib.Nifti1Image(values, image.affine), str(bad))
+
+    code, err = _run_cli(capsys, ["translate", str(bad), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"{bad} has 3 of {values.size} voxels that are NaN or infinite")
+    assert sorted(p.name for p in bad.parent.iterdir()) == ["scan_t1.nii.gz"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_same_input_twice_rejected(trained, tmp_path, capsys):
+    image = _copy_with_new_name(_test_case_file(trained, "t1t2", "t1"), tmp_path / "inputs" / "scan_t1.nii.gz")
+    again = tmp_path / "inputs" / "." / "scan_t1.nii.gz"
+
+    code, err = _run_cli(capsys, ["translate", str(image), str(again), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"input {again} is given twice (also as {image})")
+    assert not (tmp_path / "out").exists()
+
+
+def test_inputs_with_one_output_name_rejected(trained, tmp_path, capsys):
+    source = _test_case_file(trained, "t1t2", "t1")
+    first = _copy_with_new_name(source, tmp_path / "site_a" / "scan_t1.nii.gz")
+    second = _copy_with_new_name(source, tmp_path / "site_b" / "scan_t1.nii.gz")
+
+    code, err = _run_cli(capsys, ["translate", str(first), str(second), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"inputs {first} and {second} would both be written to scan_t1_t1_to_t2.nii.gz")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_modality_name_warns(trained, tmp_path, caplog):
+    image = _copy_with_new_name(_test_case_file(trained, "t1t2", "t2"), tmp_path / "inputs" / "scan_t2.nii.gz")
+
+    with caplog.at_level(logging.WARNING, logger="symot_med"):
+        code = main(["translate", str(image), "--model", str(trained["models"]["t1t2"]), "--direction", "forward",
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+
+    assert code == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any(
+        f"{image} is named like a t2 image, but --direction forward translates t1 into t2" in message
+        for message in warnings
+    ), warnings
+
+
+def test_missing_mask_error(trained, tmp_path, capsys):
+    image = _test_case_file(trained, "t1t2", "t1")
+    mask = tmp_path / "no_such_mask.nii.gz"
+
+    code, err = _run_cli(capsys, ["translate", str(image), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--mask", str(mask), "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"{mask} not found", "pass a NIfTI mask on the input image's voxel grid")
+    assert "BraTS 2020" not in err

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from symot_med.data.layouts import LayoutError, check_nifti, discover_cases, match_layout, read_case
+from symot_med.data.layouts import LayoutError, check_nifti, discover_cases, match_layout, named_modality, read_case
 
 
 def truncate(path: Path, keep: float = 0.6) -> None:
@@ -181,3 +181,27 @@ def test_case_folder_patterns(name, expected):
 def test_read_case_rejects_other_folder(tmp_path):
     with pytest.raises(LayoutError, match="not a case folder"):
         read_case(tmp_path / "something")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("BraTS20_Training_001_t1.nii", "t1"),
+        ("BraTS2021_00000_t1ce.nii.gz", "t1ce"),
+        ("subject01_t2.nii.gz", "t2"),
+        ("BraTS-GLI-00000-000-t2w.nii.gz", "t2"),
+        ("BraTS-GLI-00000-000-t2f.nii.gz", "flair"),
+        ("mr.nii.gz", "mr"),
+        ("ct.nii", "ct"),
+        ("t1.nii.gz", None),  # nothing before the suffix, so no case id
+        ("my_ct.nii.gz", None),  # SynthRAD names its files mr and ct, without a case id
+        ("brain.nii.gz", None),
+    ],
+)
+def test_named_modality(name, expected):
+    assert named_modality(name) == expected
+
+
+def test_check_nifti_missing_file_hint(tmp_path):
+    with pytest.raises(LayoutError, match="mask.nii.gz not found; pass a mask"):
+        check_nifti(tmp_path / "mask.nii.gz", "pass a mask")

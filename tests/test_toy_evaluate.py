@@ -110,6 +110,34 @@ def test_evaluate_map_of_translation():
     assert metrics["cost_backward"] == pytest.approx(25.0)
     assert metrics["mmd_forward"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["mmd_backward"] == pytest.approx(0.0, abs=1e-12)
+    assert metrics["image_ot_forward"] == pytest.approx(25.0)
+
+
+def test_image_ot_equals_cost_of_a_gradient_map():
+    # T(x) = A x + b with A symmetric positive definite is the gradient of a convex function,
+    # so by Brenier's theorem no assignment of x onto T(x) costs less than T's own.
+    rng = np.random.default_rng(8)
+    x, z = rng.normal(size=(60, 2)), rng.normal(size=(60, 2))
+    a = np.array([[2.0, 0.6], [0.6, 0.8]])
+    b = np.array([1.0, -3.0])
+
+    metrics = evaluate_map(x, z, t_x=x @ a + b, t_inv_z=(z - b) @ np.linalg.inv(a))
+
+    assert metrics["image_ot_forward"] == pytest.approx(metrics["cost_forward"], rel=1e-9)
+    assert metrics["image_ot_backward"] == pytest.approx(metrics["cost_backward"], rel=1e-9)
+
+
+def test_image_ot_is_below_cost_of_a_reflection():
+    # x -> -x sends each point across the origin, but a centred cloud and its mirror image
+    # overlap, so an optimal assignment onto the same images is far cheaper.
+    x = np.random.default_rng(9).normal(size=(200, 2))
+    x = x - x.mean(axis=0)
+
+    metrics = evaluate_map(x, x, t_x=-x, t_inv_z=x)
+
+    assert metrics["cost_forward"] == pytest.approx(4 * np.mean(np.sum(x**2, axis=1)))
+    assert metrics["image_ot_forward"] < 0.25 * metrics["cost_forward"]
+    assert metrics["image_ot_backward"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_mean_transport_cost_rejects_unpaired():

@@ -286,6 +286,20 @@ def test_toy_command_rejects_sweep_steps_alone(tmp_path):
         main(["toy", "--out", str(tmp_path / "toy"), "--sweep-steps", "10", "--debug"])
 
 
+def test_page_image_ot_ratios(tmp_path):
+    results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
+    for run, image_ot in zip(results.runs, (0.8, 1.5, 1.2)):
+        run["metrics"].update(image_ot_forward=image_ot, image_ot_backward=image_ot)
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    section = page.split("## Cost against the points each map reaches")[1].split("\n## ")[0]
+    header, _, row = section.strip().split("\n")[-3:]
+    assert header == "| pair | SWOT-Flow | single MMD | SyMOT-Flow |"
+    # cost / image OT: SWOT-Flow 1.5 / 1.2, single MMD 1.5 / 1.5, SyMOT-Flow 1.0 / 0.8
+    assert row == "| 8 Gauss to 8 Gauss | 1.2500 / 1.2500 | 1.0000 / 1.0000 | 1.2500 / 1.2500 |"
+
+
 def test_write_outputs_with_sweep(tmp_path):
     results = _fake_results(symot_cost=1.05, rival_cost=1.5, symot_mmd=0.02)
     x = draw("8gauss-8gauss", "source", 64, seed=0)

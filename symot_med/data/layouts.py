@@ -145,6 +145,26 @@ def layout_spec(name: str) -> LayoutSpec:
     raise ValueError(f"unknown layout {name!r}: expected one of {[s.name for s in LAYOUTS]}")
 
 
+def named_modality(path: str | Path) -> str | None:
+    """Return the canonical modality that a file's name gives in a known layout, or None.
+
+    Only the part of a name that follows the case id is compared, so a renamed BraTS file
+    such as ``subject01_t2.nii.gz`` reads as ``t2``, and SynthRAD's ``mr.nii.gz`` as ``mr``.
+    """
+    name = Path(path).name
+    stem = name.removesuffix(".gz").removesuffix(".nii")
+    for spec in LAYOUTS:
+        for modality, template in spec.file_names.items():
+            if "{case}" not in template:
+                matches = stem == template
+            else:
+                suffix = template.replace("{case}", "")
+                matches = stem.endswith(suffix) and len(stem) > len(suffix)
+            if matches:
+                return modality
+    return None
+
+
 def match_layout(folder_name: str) -> LayoutSpec | None:
     """Return the layout whose case-folder pattern matches ``folder_name``, or None."""
     for spec in LAYOUTS:
@@ -206,20 +226,27 @@ def _case_folders(root: Path) -> list[Path]:
     return []
 
 
-def check_nifti(path: Path) -> None:
+def check_nifti(path: Path, hint: str = LAYOUT_HELP) -> None:
     """Raise LayoutError naming ``path`` when it is not a readable 3D NIfTI file or is truncated.
 
     Reads the header and compares the data length it describes with the file's length. For
     ``.nii.gz`` that is the uncompressed length in the gzip trailer (4 bytes read), and the file
     is decompressed only when the trailer disagrees. A corrupt byte inside a gzip stream of the
     right length passes this check and fails when the data is loaded.
+
+    Args:
+        path: the file.
+        hint: what the file should be, added to the errors for a missing or unreadable file;
+            the default lists the data set layouts.
     """
+    if not Path(path).exists():
+        raise LayoutError(f"{path} not found; {hint}")
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises several types for a bad file
-        raise LayoutError(f"{path} is not a readable NIfTI file ({error}); {LAYOUT_HELP}") from None
+        raise LayoutError(f"{path} is not a readable NIfTI file ({error}); {hint}") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise LayoutError(f"{path} is a {type(image).__name__}, not NIfTI; {LAYOUT_HELP}")
+        raise LayoutError(f"{path} is a {type(image).__name__}, not NIfTI; {hint}")
     if len(image.shape) != 3:
         raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume")
 

@@ -250,6 +250,30 @@ class PreprocessedVolume:
     record: GridRecord
 
 
+MASK_HINT = "pass a NIfTI mask on the input image's voxel grid (non-zero inside), or leave the mask out"
+
+
+def check_finite(path: Path, image: nib.spatialimages.SpatialImage) -> None:
+    """Raise ValueError naming ``path`` and the count when any voxel is NaN or infinite.
+
+    Such voxels would spread through resampling and normalisation into the whole slice, so
+    they are rejected before any work. Integer files cannot hold them and are not read.
+    """
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return
+    try:
+        values = np.asanyarray(image.dataobj)
+    except Exception:  # nibabel raises several types for corrupt data
+        # The preprocessing reads the file next and reports the cause with the file's name.
+        return
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"{path} has {bad} of {values.size} voxels that are NaN or infinite; replace them, for example "
+            "with the background value, and run again"
+        )
+
+
 def check_same_grid(mask_path: Path, image: nib.spatialimages.SpatialImage, image_path: Path) -> None:
     """Raise ValueError naming both files unless the mask has the image's voxel grid (shape and affine)."""
     mask = nib.load(str(mask_path))
@@ -269,8 +293,9 @@ def preprocess_volume(
     check_nifti(image_path)
     data = {"image": str(image_path)}
     native = nib.load(str(image_path))
+    check_finite(image_path, native)
     if mask_path is not None:
-        check_nifti(Path(mask_path))
+        check_nifti(Path(mask_path), MASK_HINT)
         check_same_grid(Path(mask_path), native, image_path)
         data["mask"] = str(mask_path)
 

@@ -36,6 +36,7 @@ OT_RATIO_TOLERANCE = 0.10
 MMD_FLOOR_FACTOR = 3.0
 TABLE1_METHODS = ("swot", "single-mmd", "symot")
 TABLE4_METHODS = ("one-direction", "symot")
+EFFICIENCY_METHODS = ("swot", "single-mmd", "one-direction", "symot")
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def render_page(
     lines += _criteria_section(checks)
     lines += _table_section(results, "Table 1: SWOT-Flow, single MMD and SyMOT-Flow", TABLE1_METHODS, link)
     lines += _table_section(results, "Table 4: one direction and SyMOT-Flow", TABLE4_METHODS, link)
+    lines += _efficiency_section(results)
     if results.sweep:
         lines += _sweep_section(results, link)
     lines += ["", "## Learned maps", ""]
@@ -267,9 +269,51 @@ def _criteria_section(checks: list[Check]) -> list[str]:
             f"In {len(short)} of the misses the rival's map has MMD^2 above {MMD_FLOOR_FACTOR:g}x the noise floor "
             f"({', '.join(f'{c.rival_mmd_ratio:.1f}x' for c in short)}): it did not carry the points onto the "
             "other distribution. A map that stops short of the target can cost less than one that reaches it, "
-            "even less than the exact OT cost, so these misses compare maps that do not solve the same problem.",
+            "even less than the exact OT cost, so these misses compare maps that do not solve the same problem. "
+            "How efficiently each map reaches its own images is in the section \"Cost against the points each "
+            "map reaches\" below.",
         ]
     return lines
+
+
+def image_ot_ratio(run: dict, direction: str) -> float:
+    """Return a run's transport cost over the exact OT cost to its own images, or nan if not measured."""
+    metrics = run["metrics"]
+    image_ot = metrics.get(f"image_ot_{direction}", math.nan)
+    return metrics[f"cost_{direction}"] / image_ot if image_ot > 0 else math.nan
+
+
+def _efficiency_section(results: ToyRunResults) -> list[str]:
+    """Return the table of each map's cost over the exact OT cost to the points it reaches."""
+    runs = _runs_by_key(results)
+    methods = [method for method in EFFICIENCY_METHODS if any(run["method"] == method for run in results.runs)]
+    if not any("image_ot_forward" in run["metrics"] for run in results.runs):
+        return []
+    lines = [
+        "", "## Cost against the points each map reaches", "",
+        "Transport cost of each map over the exact OT cost between its inputs and its own images "
+        "(`ot.emd2` of x and T(x) forward, of T^-1(z) and z backward), forward / backward. The ratio is "
+        "never below 1. A ratio of 1 means that no other one-to-one assignment of the same points onto the "
+        "same images costs less: the map is optimal for the distribution it produces, whether or not that "
+        "is the target. The tables above say how close that distribution is to the target.",
+        "",
+        "| pair | " + " | ".join(METHOD_TITLES[method] for method in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for pair in table_pairs(results):
+        cells = []
+        for method in methods:
+            run = runs.get((pair, method))
+            cells.append(
+                "not run" if run is None
+                else f"{_ratio(image_ot_ratio(run, 'forward'))} / {_ratio(image_ot_ratio(run, 'backward'))}"
+            )
+        lines.append(f"| {get_pair(pair).title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "-"
 
 
 def _table_section(results: ToyRunResults, title: str, methods: tuple[str, ...], link: str) -> list[str]:
@@ -392,7 +436,8 @@ def _write_runs_csv(results: ToyRunResults, path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow([
             "pair", "method", "beta", "cost_forward", "cost_backward", "exact_ot", "ratio_forward",
-            "ratio_backward", "mmd_forward", "mmd_backward", "floor_forward", "floor_backward", "train_seconds",
+            "ratio_backward", "mmd_forward", "mmd_backward", "floor_forward", "floor_backward",
+            "image_ot_forward", "image_ot_backward", "train_seconds",
         ])
         for run in results.runs:
             reference = results.references[run["pair"]]
@@ -401,7 +446,9 @@ def _write_runs_csv(results: ToyRunResults, path: Path) -> Path:
                 run["pair"], run["method"], run["beta"], metrics["cost_forward"], metrics["cost_backward"],
                 reference["exact_ot"], metrics["cost_forward"] / reference["exact_ot"],
                 metrics["cost_backward"] / reference["exact_ot"], metrics["mmd_forward"], metrics["mmd_backward"],
-                reference["floor_forward"]["mean"], reference["floor_backward"]["mean"], round(run["seconds"], 1),
+                reference["floor_forward"]["mean"], reference["floor_backward"]["mean"],
+                metrics.get("image_ot_forward", math.nan), metrics.get("image_ot_backward", math.nan),
+                round(run["seconds"], 1),
             ])
     return path
 

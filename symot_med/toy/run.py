@@ -49,6 +49,8 @@ PAIR_BETAS: dict[str, float] = {
 # (Moons to Circles) and 0.90x (8 Gauss to 8 Gauss) of the exact OT cost, at about 15x the
 # MMD noise floor, so they did not carry p onto q. Between 1e-4 and 1e-3 the costs changed by
 # less than 2 % on 8 Gauss to 8 Gauss and Linear Gauss, with MMD^2 still 8 to 13x the floor.
+# Beta 0, the sliced Wasserstein terms alone, ended at 9.6 to 11x the floor on those two pairs
+# (benchmarks/README.md), so the fit term, not the cost term, stops SWOT-Flow short.
 SWOT_BETAS: dict[str, float] = {
     "moons-circles": 1e-3,
     "gauss-gauss": 1e-3,
@@ -60,8 +62,9 @@ SWOT_BETAS: dict[str, float] = {
 BETA_CHOICE = (
     "They were picked by hand from 1500-step development runs on data seed 0, and One Direction "
     "uses SyMOT-Flow's beta. SWOT-Flow got no beta between 1e-4 and 1e-2 whose map had MMD^2 "
-    "within 3x the noise floor, and 500 instead of 50 sliced Wasserstein directions did not change "
-    "that on 8 Gauss to 8 Gauss. The reasons for each value are in `symot_med/toy/run.py`."
+    "within 3x the noise floor. Neither did beta 0, its sliced Wasserstein terms alone, on 8 Gauss "
+    "to 8 Gauss and Linear Gauss, nor 500 instead of 50 sliced Wasserstein directions on 8 Gauss to "
+    "8 Gauss (benchmarks/README.md). The reasons for each value are in `symot_med/toy/run.py`."
 )
 
 # Beta values of the sweep: the decades 1e-5 .. 10 and the finer steps around 0.1 of
