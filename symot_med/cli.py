@@ -145,60 +145,6 @@ def _autoencoder_file(path: Path) -> Path:
     return path / "autoencoder.pt" if path.is_dir() else path
 
 
-def translate_jobs(inputs: list[Path], pair, direction: str, mask: Path | None) -> list[tuple[Path, Path | None]]:
-    """Resolve files and folders to (image, mask) jobs, checking every file before any work."""
-    from symot_med.data.layouts import LAYOUT_HELP, LayoutError, check_nifti, discover_cases, named_modality
-    from symot_med.data.transforms import MASK_HINT
-
-    modality = pair.input_modality(direction)
-    if mask is not None and len(inputs) != 1:
-        raise ValueError("--mask applies to a single input file; pass one file, or case folders with mask files")
-
-    if mask is not None:
-        check_nifti(mask, MASK_HINT)
-
-    jobs = []
-    for path in inputs:
-        if path.is_dir():
-            for case in discover_cases(path, [modality]):
-                jobs.append((case.image(modality), case.mask))
-        elif path.is_file():
-            if not path.name.endswith((".nii", ".nii.gz")):
-                raise LayoutError(f"{path} is not a NIfTI file (.nii or .nii.gz); {LAYOUT_HELP}")
-            check_nifti(path)
-            named = named_modality(path)
-            if named is not None and named != modality:
-                logger.warning(
-                    "%s is named like a %s image, but --direction %s translates %s into %s; check the file "
-                    "and the direction", path, named, direction, modality, pair.output_modality(direction),
-                )
-            jobs.append((path, mask))
-        else:
-            raise FileNotFoundError(f"input {path} not found")
-    check_distinct_outputs([image for image, _ in jobs], modality, pair.output_modality(direction))
-    return jobs
-
-
-def check_distinct_outputs(images: list[Path], input_modality: str, output_modality: str) -> None:
-    """Raise ValueError when an input is given twice or two inputs would write the same output file."""
-    from symot_med.inference.translate import output_name
-
-    seen: dict[Path, Path] = {}
-    names: dict[str, Path] = {}
-    for image in images:
-        resolved = image.resolve()
-        if resolved in seen:
-            raise ValueError(f"input {image} is given twice (also as {seen[resolved]}); pass each file once")
-        seen[resolved] = image
-        name = output_name(image, input_modality, output_modality)
-        if name in names:
-            raise ValueError(
-                f"inputs {names[name]} and {image} would both be written to {name}; rename one of them, or "
-                "translate them in two runs into separate output folders"
-            )
-        names[name] = image
-
-
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
@@ -244,11 +190,12 @@ def run(args: argparse.Namespace) -> int:
         train_flow_stage(args.cache, autoencoders, args.out, pair, config, args.device, progress)
 
     elif args.command == "translate":
-        from symot_med.inference.translate import Translator, check_output_folder, read_model_card
+        from symot_med.inference.jobs import prepare_output_folder, translate_jobs
+        from symot_med.inference.translate import Translator, read_model_card
 
         pair = get_pair(read_model_card(args.model)["pair"])
         jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
-        check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
+        prepare_output_folder(args.out, jobs, [path for path in args.inputs if path.is_dir()])
         translator = Translator(args.model, device=args.device)
         for image, mask in jobs:
             translator.translate_file(image, args.direction, args.out, mask_path=mask)

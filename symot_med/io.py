@@ -58,13 +58,18 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
     return path
 
 
-def save_nifti(path: str | Path, array: np.ndarray, reference: nib.Nifti1Image) -> Path:
+def save_nifti(path: str | Path, array: np.ndarray, reference: nib.Nifti1Image, description: str = "") -> Path:
     """Write ``array`` on ``reference``'s grid: its affine, qform and sform codes and header.
+
+    The display window (cal_min, cal_max) is cleared and ``descrip`` replaced, because they
+    describe the reference's intensities, not the array's.
 
     Args:
         path: output file ending in .nii or .nii.gz.
         array: (X, Y, Z) array with ``reference``'s shape; its dtype becomes the file's.
         reference: the input image whose space the output keeps.
+        description: text for the header's ``descrip`` field, at most 79 ASCII characters
+            (longer text is cut).
     """
     path = Path(path)
     if tuple(array.shape) != tuple(reference.shape[:3]):
@@ -81,7 +86,31 @@ def save_nifti(path: str | Path, array: np.ndarray, reference: nib.Nifti1Image) 
         image.set_sform(sform, code=int(sform_code))
     image.header["scl_slope"] = np.nan
     image.header["scl_inter"] = np.nan
+    # The input's display window and description belong to the input's intensities, so a
+    # viewer would clip the output with them.
+    image.header["cal_min"] = 0.0
+    image.header["cal_max"] = 0.0
+    image.header["descrip"] = description.encode("ascii", "replace")[:79]
 
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
     return path
+
+
+def relative_to_folder(path: str | Path, folder: str | Path) -> str:
+    """Return ``path`` relative to ``folder`` (with ``..`` where needed), in POSIX form.
+
+    Model cards store their checkpoint paths this way, so a run folder that contains the model
+    folder and its autoencoders can be moved or copied as a whole.
+    """
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()
+
+
+def resolve_from_folder(path: str, folder: str | Path) -> str:
+    """Return the absolute form of a card's ``path``; relative paths start at ``folder``.
+
+    Cards written before paths became relative hold absolute paths, which are returned as they are.
+    """
+    if Path(path).is_absolute():
+        return path
+    return str((Path(folder) / path).resolve())

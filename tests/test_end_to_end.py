@@ -17,6 +17,7 @@ from symot_med.cli import main
 from symot_med.config import Profile, get_pair
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
+from symot_med.inference.translate import card_autoencoders, read_model_card
 from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.pipeline.stages import prepare, train_ae_stage, train_flow_stage
@@ -90,6 +91,8 @@ def test_translate_keeps_input_space(trained, tmp_path, pair_name, modality, dir
     itk = sitk.ReadImage(str(written[0]))
     np.testing.assert_allclose(itk.GetSpacing(), sitk.ReadImage(str(source)).GetSpacing())
     np.testing.assert_allclose(itk.GetOrigin(), sitk.ReadImage(str(source)).GetOrigin(), atol=1e-4)
+    assert float(output.header["cal_max"]) == 0.0
+    assert output.header["descrip"].tobytes().decode().startswith(f"symot-med 0.1.0 {modality} to {output_modality}")
 
 
 def test_ct_output_is_int16_hu(trained, tmp_path):
@@ -454,3 +457,93 @@ def test_missing_mask_error(trained, tmp_path, capsys):
 
     _assert_one_line_error(code, err, f"{mask} not found", "pass a NIfTI mask on the input image's voxel grid")
     assert "BraTS 2020" not in err
+
+
+def test_mask_with_folder_rejected(trained, tmp_path, capsys):
+    data = trained["cohort"]["synthrad"]
+    mask = next(data.rglob("mask.nii.gz"))
+
+    code, err = _run_cli(capsys, ["translate", str(data), "--model", str(trained["models"]["ctmr"]), "--direction",
+                                  "forward", "--mask", str(mask), "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, "--mask applies to a single input file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_case_file_uses_case_mask(trained, tmp_path):
+    case = sorted((trained["cohort"]["synthrad"]).rglob("1BA003"))[0]
+    model = str(trained["models"]["ctmr"])
+
+    assert main(["translate", str(case / "mr.nii.gz"), "--model", model, "--direction", "inverse",
+                 "--out", str(tmp_path / "file"), "--device", "cpu", "--quiet"]) == 0
+    assert main(["translate", str(case), "--model", model, "--direction", "inverse",
+                 "--out", str(tmp_path / "folder"), "--device", "cpu", "--quiet"]) == 0
+
+    from_file = np.asarray(nib.load(str(tmp_path / "file" / "1BA003_mr_to_ct.nii.gz")).dataobj)
+    from_folder = np.asarray(nib.load(str(tmp_path / "folder" / "1BA003_mr_to_ct.nii.gz")).dataobj)
+    np.testing.assert_array_equal(from_file, from_folder)
+
+
+def test_late_bad_file_stops_batch(trained, tmp_path, capsys):
+    good = _test_case_file(trained, "t1t2", "t1")
+    image = nib.load(str(good))
+    values = np.asarray(image.dataobj, dtype=np.float32)
+    values[0, 0, 0] = np.nan
+    bad = tmp_path / "inputs" / "late_t1.nii.gz"
+    bad.parent.mkdir()
+    nib.save(nib.Nifti1Image(values, image.affine), str(bad))
+
+    code, err = _run_cli(capsys, ["translate", str(good), str(bad), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"{bad} has 1 of")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_that_is_a_file(trained, tmp_path, capsys):
+    image = _test_case_file(trained, "t1t2", "t1")
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+
+    code, err = _run_cli(capsys, ["translate", str(image), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(out), "--quiet"])
+
+    _assert_one_line_error(code, err, f"output folder {out} is a file")
+    assert out.read_text() == "keep me"
+
+
+def test_moved_run_folder_loads(trained, tmp_path):
+    moved = tmp_path / "moved_run"
+    shutil.copytree(trained["root"] / "t1t2", moved)
+
+    card = read_model_card(moved / "flow")
+
+    for path in [card["flow"], *card_autoencoders(card).values()]:
+        assert Path(path).is_relative_to(moved.resolve()), path
+    code = main(["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(moved / "flow"),
+                 "--direction", "forward", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+    assert code == 0
+
+
+def test_evaluate_rejects_other_pair_model(trained, tmp_path, capsys):
+    code, err = _run_cli(capsys, ["evaluate", "--cache", str(trained["root"] / "t1t2" / "cache"), "--model",
+                                  str(trained["models"]["ctmr"]), "--out", str(tmp_path / "eval"), "--quiet"])
+
+    _assert_one_line_error(code, err, "translates the ctmr pair", "contains the t1t2 pair")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_flow_rejects_wrong_modality_autoencoder(trained, tmp_path):
+    cache = trained["root"] / "t1t2" / "cache"
+    t2_only = train_ae_stage(cache, tmp_path / "ae_t2", TINY_AE, TINY_MODEL, "cpu", progress=False, modalities=["t2"])
+
+    with pytest.raises(ValueError, match="trained on t2 slices, but it is given for t1"):
+        train_flow_stage(cache, {"t1": t2_only, "t2": t2_only}, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False)
+
+
+def test_flow_rejects_wrong_slice_size(trained, tmp_path):
+    cache = trained["root"] / "t1t2" / "cache"
+    ctmr_autoencoder = trained["root"] / "ctmr" / "autoencoder" / "autoencoder.pt"
+
+    with pytest.raises(ValueError, match="trained on 48x56 slices, but the slice cache .* has 40x48 slices"):
+        train_flow_stage(cache, ctmr_autoencoder, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False)

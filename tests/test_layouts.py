@@ -1,6 +1,8 @@
 import gzip
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from symot_med.data.layouts import LayoutError, check_nifti, discover_cases, match_layout, named_modality, read_case
@@ -205,3 +207,11 @@ def test_named_modality(name, expected):
 def test_check_nifti_missing_file_hint(tmp_path):
     with pytest.raises(LayoutError, match="mask.nii.gz not found; pass a mask"):
         check_nifti(tmp_path / "mask.nii.gz", "pass a mask")
+
+
+def test_check_nifti_rejects_complex_voxels(tmp_path):
+    path = tmp_path / "complex_t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.complex64), np.eye(4)), str(path))
+
+    with pytest.raises(LayoutError, match="complex64 voxels; expected real integer or float intensities"):
+        check_nifti(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +15,7 @@ from symot_med.cli import main
 from symot_med.config import Profile, get_pair
 from symot_med.data.demo_cohort import generate_demo_cohort
 from symot_med.data.slices import SliceCache
-from symot_med.inference.translate import MODEL_FILE, Translator
+from symot_med.inference.translate import MODEL_FILE, Translator, read_model_card
 from symot_med.models.flow import LatentFlow
 from symot_med.models.vqvae2 import VQVAE2, VQVAE2Config
 from symot_med.pipeline.demo import DemoSettings
@@ -59,7 +60,9 @@ def test_autoencoder_trains_on_own_modality(separate):
 def test_model_card_lists_both_autoencoders(separate):
     card = json.loads((separate["root"] / "flow" / MODEL_FILE).read_text())
 
-    assert card["autoencoders"] == {
+    # Stored relative to the model folder, read back absolute.
+    assert card["autoencoders"] == {"t1": "../ae/t1/autoencoder.pt", "t2": "../ae/t2/autoencoder.pt"}
+    assert read_model_card(separate["root"] / "flow")["autoencoders"] == {
         "t1": str((separate["root"] / "ae" / "t1" / "autoencoder.pt").resolve()),
         "t2": str((separate["root"] / "ae" / "t2" / "autoencoder.pt").resolve()),
     }
@@ -101,14 +104,25 @@ def test_translator_routes_each_direction(separate):
 
 def test_flow_stage_rejects_other_autoencoders(separate):
     pair = get_pair("t1t2")
-    shared = separate["root"] / "ae" / "t1" / "autoencoder.pt"
+    copy = separate["root"] / "ae_copy" / "t1" / "autoencoder.pt"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(separate["root"] / "ae" / "t1" / "autoencoder.pt", copy)
+    other = {"t1": copy, "t2": separate["root"] / "ae" / "t2" / "autoencoder.pt"}
 
     with pytest.raises(ValueError, match="was trained on the autoencoders"):
-        train_flow_stage(separate["cache"], shared, separate["root"] / "flow", pair, None, "cpu", progress=False)
+        train_flow_stage(separate["cache"], other, separate["root"] / "flow", pair, None, "cpu", progress=False)
+
+
+def test_flow_stage_rejects_wrong_modality(separate):
+    t1_autoencoder = separate["root"] / "ae" / "t1" / "autoencoder.pt"
+
+    with pytest.raises(ValueError, match="trained on t1 slices, but it is given for t2"):
+        train_flow_stage(separate["cache"], t1_autoencoder, separate["root"] / "flow", get_pair("t1t2"), None, "cpu", progress=False)
 
 
 def test_old_model_card_loads(separate, tmp_path):
-    card = json.loads((separate["root"] / "flow" / MODEL_FILE).read_text())
+    # Cards of earlier versions name one shared autoencoder, with absolute paths.
+    card = read_model_card(separate["root"] / "flow")
     old = {key: value for key, value in card.items() if key != "autoencoders"}
     old["autoencoder"] = card["autoencoders"]["t1"]
     (tmp_path / MODEL_FILE).write_text(json.dumps(old))

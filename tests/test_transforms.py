@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from symot_med.config import Profile
-from symot_med.data.transforms import IntensityScale, LoadNiftid, preprocess_volume, to_native
+from symot_med.data.transforms import IntensityScale, LoadNiftid, preprocess_volume, threshold_mask, to_native
 
 
 def smooth_ball(shape):
@@ -161,3 +161,18 @@ def test_preprocess_names_file_and_cause(tmp_path, broken_gzip):
     assert f"preprocessing {bad} failed: cannot read {bad}" in str(error.value)
     assert "invalid block type" in str(error.value)
     assert "applying transform" not in str(error.value)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_threshold_mask_of_thin_volume(depth):
+    volume = np.zeros((20, 20, depth), dtype=np.float32)
+    volume[5:15, 5:15, :] = 100.0  # a 10 x 10 head in every slice
+
+    mask = threshold_mask(volume, "t1")
+
+    # Opening with the in-plane cross removes only the 4 corners of the square.
+    expected = np.zeros((20, 20), dtype=bool)
+    expected[5:15, 5:15] = True
+    expected[[5, 5, 14, 14], [5, 14, 5, 14]] = False
+    for k in range(depth):
+        np.testing.assert_array_equal(mask[:, :, k], expected)

@@ -32,7 +32,7 @@ from symot_med.baselines.networks import NetworkConfig, count_parameters
 from symot_med.baselines.unit import UNIT
 from symot_med.data.slices import SliceCache
 from symot_med.device import resolve_device
-from symot_med.io import read_json, write_json
+from symot_med.io import read_json, resolve_from_folder, write_json
 from symot_med.training.autoencoder import check_slices
 from symot_med.training.checkpoints import check_versions, load_checkpoint, save_checkpoint, write_history
 
@@ -370,7 +370,7 @@ def write_baseline_card(out_dir: Path, cache: SliceCache) -> Path:
         "pair": cache.manifest["pair"],
         "profile": cache.manifest["profile"],
         "intensity": cache.manifest["intensity"],
-        "checkpoint": str((out_dir / FINAL_NAME).resolve()),
+        "checkpoint": FINAL_NAME,  # relative to the model folder, so the folder can move
         "cache": str(Path(cache.folder).resolve()),
         "data": record["data"],
         "epochs": len(history) if method in GAN_METHODS else 0,
@@ -392,8 +392,11 @@ def write_baseline_card(out_dir: Path, cache: SliceCache) -> Path:
 
 
 def read_baseline_card(model_dir: str | Path) -> dict:
-    """Return ``baseline.json`` of ``model_dir``, raising FileNotFoundError naming it when absent."""
+    """Return ``baseline.json`` of ``model_dir`` with an absolute checkpoint path, raising
+    FileNotFoundError naming the card when it is absent."""
     card_path = Path(model_dir) / CARD_NAME
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med baseline train`")
-    return read_json(card_path)
+    card = read_json(card_path)
+    card["checkpoint"] = resolve_from_folder(card["checkpoint"], model_dir)
+    return card

@@ -26,6 +26,7 @@ from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import MapTransform, Transform
 from monai.utils import get_equivalent_dtype
 
+from symot_med import __version__
 from symot_med.data.transforms import IntensityScale, NormaliseIntensityd, background_value
 from symot_med.inference.translate import cast_output, output_name
 from symot_med.io import save_nifti
@@ -154,7 +155,7 @@ class NativeSpaceNiftiWriter(NibabelWriter):
                 f"output for {self.reference_path} has affine\n{affine}\nbut the input has\n"
                 f"{reference.affine}; invert the preprocessing (Invertd) before saving"
             )
-        save_nifti(filename, array, reference)
+        save_nifti(filename, array, reference, f"symot-med {__version__} translation")
         if verbose:
             logger.info("wrote %s", filename)
 

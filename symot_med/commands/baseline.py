@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from symot_med.cli import add_common_options, add_device_option, add_translate_arguments, override_fields, translate_jobs
+from symot_med.cli import add_common_options, add_device_option, add_translate_arguments, override_fields
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ def run_translate(args: argparse.Namespace) -> int:
     from symot_med.baselines.training import read_baseline_card
     from symot_med.baselines.translate import BaselineTranslator
     from symot_med.config import get_pair
-    from symot_med.inference.translate import check_output_folder
+    from symot_med.inference.jobs import prepare_output_folder, translate_jobs
 
     pair = get_pair(read_baseline_card(args.model)["pair"])
     jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
-    check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
+    prepare_output_folder(args.out, jobs, [path for path in args.inputs if path.is_dir()])
     translator = BaselineTranslator(args.model, device=args.device)
     for image, mask in jobs:
         translator.translate_file(image, args.direction, args.out, mask_path=mask)

@@ -45,7 +45,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from symot_med.baselines.networks import NetworkConfig
     from symot_med.baselines.training import BaselineTrainConfig
     from symot_med.evaluation.comparison import IDENTITY, Method
-    from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, run_comparison
+    from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, model_pair, run_comparison
 
     if args.fid_images < 4:
         raise ValueError(f"--fid-images must be at least 4, got {args.fid_images}")
@@ -66,6 +66,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from symot_med.data.slices import SliceCache
 
     pair = SliceCache.open(args.cache).manifest["pair"]
+    for folder in args.model:
+        trained_on = model_pair(folder)
+        if trained_on != pair:
+            raise ValueError(
+                f"model {folder} translates the {trained_on} pair, but the slice cache {args.cache} contains the "
+                f"{pair} pair; pass models trained on this cache's pair"
+            )
     methods = [Method(IDENTITY, None)] + [load_method(folder, args.device) for folder in args.model]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):

@@ -248,7 +248,14 @@ def check_nifti(path: Path, hint: str = LAYOUT_HELP) -> None:
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise LayoutError(f"{path} is a {type(image).__name__}, not NIfTI; {hint}")
     if len(image.shape) != 3:
-        raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume")
+        squeeze = " (drop its trailing axes of length 1)" if len(image.shape) > 3 and set(image.shape[3:]) == {1} else ""
+        raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume{squeeze}")
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise LayoutError(
+            f"{path} has {dtype} voxels; expected real integer or float intensities (convert complex data to "
+            "magnitude and RGB data to one channel first)"
+        )
 
     # The loaded image's header reports offset 0; the array proxy keeps the file's vox_offset.
     proxy = image.dataobj

@@ -78,7 +78,10 @@ class IntensityScale:
 def mr_scale(values: np.ndarray) -> IntensityScale:
     """Robust MR scale from the 0.5th and 99.5th percentiles of in-mask ``values``."""
     if values.size == 0:
-        raise ValueError("cannot scale an MR volume with an empty mask")
+        raise ValueError(
+            "cannot scale an MR volume with an empty mask: the mask file has no non-zero voxel, or, without a "
+            "mask file, no voxel is above zero; pass a mask that marks the head (translate --mask)"
+        )
     low, high = np.percentile(values, MR_PERCENTILES)
     if high <= low:
         high = low + 1.0
@@ -94,7 +97,9 @@ def intensity_scale(modality: str, values: np.ndarray) -> IntensityScale:
 
 def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
     """Foreground of a volume without a mask file: body above -500 HU for CT; for MR, voxels
-    above 5 % of the 99th percentile of non-zero voxels. Holes are filled slice by slice.
+    above 5 % of the 99th percentile of non-zero voxels. A binary opening removes specks (in
+    3D, or within each slice for volumes of fewer than 3 slices), and holes are filled slice by
+    slice.
 
     Args:
         volume: (H, W, D) array in native units.
@@ -110,7 +115,12 @@ def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
             return np.zeros(volume.shape, dtype=bool)
         mask = volume > 0.05 * np.percentile(positive, 99)
 
-    mask = ndimage.binary_opening(mask, iterations=1)
+    structure = ndimage.generate_binary_structure(3, 1)
+    if mask.shape[2] < 3:
+        # Erosion treats voxels beyond the volume as background, so the 3D opening would empty
+        # a volume of one or two slices. Such volumes are opened within each slice.
+        structure[:, :, [0, 2]] = False
+    mask = ndimage.binary_opening(mask, structure=structure, iterations=1)
     for k in range(mask.shape[2]):
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
     return mask

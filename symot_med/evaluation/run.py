@@ -96,6 +96,14 @@ def baseline_method(model_dir: Path, device: str) -> Method:
     return Method(card["method"], BaselineTranslator(model_dir, device=device), budget)
 
 
+def model_pair(model_dir: Path) -> str:
+    """Return the pair name (``t1t2`` or ``ctmr``) on the card of a SyMOT-Flow or baseline model folder."""
+    model_dir = Path(model_dir)
+    if (model_dir / MODEL_FILE).is_file():
+        return read_model_card(model_dir)["pair"]
+    return read_baseline_card(model_dir)["pair"]
+
+
 def load_method(model_dir: Path, device: str) -> Method:
     """SyMOT-Flow or baseline method from a model folder, chosen by its card file."""
     model_dir = Path(model_dir)

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from symot_med import __version__
 from symot_med.bundle.network import TranslationNetwork
 from symot_med.config import Direction, Pair, Profile, get_pair
 from symot_med.data.layouts import match_layout
@@ -32,7 +33,7 @@ from symot_med.data.transforms import (
     to_native,
 )
 from symot_med.device import resolve_device
-from symot_med.io import read_json, save_nifti, write_json
+from symot_med.io import read_json, relative_to_folder, resolve_from_folder, save_nifti, write_json
 from symot_med.training.autoencoder import load_autoencoder
 from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import load_flow
@@ -63,9 +64,9 @@ def write_model_card(
                 f"invalid autoencoders for pair {pair.name}: given for {sorted(autoencoder)}; pass one path "
                 f"for each of {sorted(pair.modalities())}, or one shared path"
             )
-        autoencoders = {m: str(Path(autoencoder[m]).resolve()) for m in pair.modalities()}
+        autoencoders = {m: relative_to_folder(autoencoder[m], model_dir) for m in pair.modalities()}
     else:
-        autoencoders = {m: str(Path(autoencoder).resolve()) for m in pair.modalities()}
+        autoencoders = {m: relative_to_folder(autoencoder, model_dir) for m in pair.modalities()}
     payload = {
         "pair": pair.name,
         "source": pair.source,
@@ -73,7 +74,7 @@ def write_model_card(
         "profile": profile.to_dict(),
         "intensity": intensity,
         "autoencoders": autoencoders,
-        "flow": str(Path(flow).resolve()),
+        "flow": relative_to_folder(flow, model_dir),
     }
     return write_json(model_dir / MODEL_FILE, payload)
 
@@ -128,11 +129,24 @@ class TranslatedVolume:
 
 
 def read_model_card(model_dir: str | Path) -> dict:
-    """Return the ``model.json`` of ``model_dir``, raising FileNotFoundError naming it when absent."""
+    """Return the ``model.json`` of ``model_dir`` with absolute checkpoint paths.
+
+    Raises:
+        FileNotFoundError: naming ``model.json`` when it is absent.
+    """
     card_path = Path(model_dir) / MODEL_FILE
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
-    return read_json(card_path)
+    card = read_json(card_path)
+
+    # Checkpoint paths are relative to the model folder; return them absolute.
+    if "autoencoders" in card:
+        card["autoencoders"] = {m: resolve_from_folder(path, model_dir) for m, path in card["autoencoders"].items()}
+    if "autoencoder" in card:
+        card["autoencoder"] = resolve_from_folder(card["autoencoder"], model_dir)
+    if "flow" in card:
+        card["flow"] = resolve_from_folder(card["flow"], model_dir)
+    return card
 
 
 SliceFunction = Callable[[np.ndarray], np.ndarray]
@@ -196,7 +210,8 @@ def write_translated_volume(result: TranslatedVolume, image_path: str | Path, ou
     """Write ``result`` into ``out_dir`` under ``output_name`` and return the file written."""
     image_path = Path(image_path)
     out_path = Path(out_dir) / output_name(image_path, result.input_modality, result.output_modality)
-    save_nifti(out_path, result.array, result.reference)
+    description = f"symot-med {__version__} {result.input_modality} to {result.output_modality}"
+    save_nifti(out_path, result.array, result.reference, description)
     logger.info("wrote %s", out_path)
     return out_path
 

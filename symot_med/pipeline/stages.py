@@ -15,8 +15,7 @@ import numpy as np
 
 from symot_med.config import AUTOENCODER_LAYOUTS, Pair, Profile
 from symot_med.data.slices import SliceCache, build_slice_cache
-from symot_med.inference.translate import MODEL_FILE, card_autoencoders, write_model_card
-from symot_med.io import read_json
+from symot_med.inference.translate import MODEL_FILE, card_autoencoders, read_model_card, write_model_card
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.training.autoencoder import AETrainConfig, load_autoencoder, train_autoencoder
 from symot_med.training.checkpoints import load_checkpoint
@@ -76,7 +75,31 @@ def train_ae_stage(
 
     train, val = _validation_split(pooled, config.seed)
     logger.info("autoencoder training on %d slices (%s), %d for validation", len(train), "+".join(modalities), len(val))
-    return train_autoencoder(train, val, out_dir, config, model_config, device=device, progress=progress)
+    return train_autoencoder(
+        train, val, out_dir, config, model_config, device=device, progress=progress, modalities=modalities
+    )
+
+
+def check_autoencoder_fits(path: Path, modality: str, slice_shape: list[int], cache_dir: Path) -> None:
+    """Raise ValueError when the autoencoder at ``path`` was trained on other slices than ``modality``'s.
+
+    Compares the slice size (H, W) it was trained on with the cache's, and its recorded
+    modalities, where the checkpoint has them, with ``modality``.
+    """
+    file = path / "autoencoder.pt" if path.is_dir() else path
+    data = load_checkpoint(file).get("data", {})
+    trained_shape = data.get("slice_shape")
+    if trained_shape is not None and list(trained_shape) != slice_shape:
+        raise ValueError(
+            f"autoencoder {file} was trained on {trained_shape[0]}x{trained_shape[1]} slices, but the slice cache "
+            f"{cache_dir} has {slice_shape[0]}x{slice_shape[1]} slices; pass an autoencoder trained on this cache"
+        )
+    trained_modalities = data.get("modalities")
+    if trained_modalities is not None and modality not in trained_modalities:
+        raise ValueError(
+            f"autoencoder {file} was trained on {'+'.join(trained_modalities)} slices, but it is given for "
+            f"{modality}; pass the autoencoder trained on {modality} (or on both modalities)"
+        )
 
 
 def per_modality_config(config: AETrainConfig, n_modalities: int) -> AETrainConfig:
@@ -139,12 +162,16 @@ def train_flow_stage(
     else:
         paths = {m: Path(autoencoder_path) for m in pair.modalities()}
 
+    slice_shape = list(cache.slices(pair.source, "train").shape[2:])
+    for modality, path in paths.items():
+        check_autoencoder_fits(path, modality, slice_shape, cache_dir)
+
     final = out_dir / "flow.pt"
     card_path = out_dir / MODEL_FILE
     if final.is_file():
         # A finished flow belongs to the autoencoders it was trained on.
         if card_path.is_file():
-            trained_on = card_autoencoders(read_json(card_path))
+            trained_on = card_autoencoders(read_model_card(out_dir))
             expected = {m: str(path.resolve()) for m, path in paths.items()}
             if trained_on != expected:
                 raise ValueError(

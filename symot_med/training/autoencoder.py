@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -139,6 +140,7 @@ def train_autoencoder(
     model_config: VQVAE2Config,
     device: str | torch.device = "auto",
     progress: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> Path:
     """Train a VQ-VAE-2 on normalised slices and return the path of ``autoencoder.pt``.
 
@@ -151,6 +153,8 @@ def train_autoencoder(
         model_config: architecture.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: show a tqdm progress bar per epoch.
+        modalities: the modalities the slices come from, recorded in the checkpoint so that
+            flow training can check it is given the right autoencoder; None records none.
 
     Raises:
         ValueError: for invalid slice arrays, or a ``last.pt`` written with another
@@ -165,6 +169,8 @@ def train_autoencoder(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_info = {"n_train": int(train.shape[0]), "n_val": int(val.shape[0]), "slice_shape": list(train.shape[2:])}
+    if modalities is not None:
+        data_info["modalities"] = list(modalities)
 
     model = build_model(model_config, config.seed)
     model.latent_shapes(*train.shape[2:])  # rejects sizes not divisible by 8 before training
@@ -376,6 +382,9 @@ def _resume(
     data_info: dict[str, Any],
 ) -> dict[str, Any]:
     record = load_checkpoint(last_path)
+    if "modalities" not in record.get("data", {}):
+        # Checkpoints of earlier versions do not record the modalities.
+        data_info = {key: value for key, value in data_info.items() if key != "modalities"}
     expected = {"model_config": asdict(model_config), "train_config": asdict(config), "data": data_info}
     for key, value in expected.items():
         if record.get(key) != value:

@@ -1,0 +1,139 @@
+"""Resolve the inputs of a translate command into (image, mask) jobs, and check them all first.
+
+Every check here runs before the first volume is translated, so a bad file late in a batch
+stops the run before any output is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+
+from symot_med.config import Direction, Pair
+from symot_med.data.layouts import (
+    LAYOUT_HELP,
+    LayoutError,
+    check_nifti,
+    discover_cases,
+    match_layout,
+    named_modality,
+    read_case,
+)
+from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid
+from symot_med.inference.translate import check_output_folder, output_name
+
+logger = logging.getLogger(__name__)
+
+Job = tuple[Path, Path | None]
+
+
+def translate_jobs(inputs: list[Path], pair: Pair, direction: Direction, mask: Path | None) -> list[Job]:
+    """Resolve files and folders to (image, mask) jobs, checking every file before any work.
+
+    A folder is a data set or case folder, and each case uses its own mask file (SynthRAD2023)
+    or none. A file uses ``mask`` when given, else the mask file of the case folder it lies
+    in, else none (the preprocessing then thresholds the image).
+
+    Raises:
+        ValueError: for ``mask`` with a folder or several inputs, an input given twice, two
+            inputs with one output name, NaN or infinite voxels, or a mask on another grid.
+        LayoutError: for files that are not readable 3D NIfTI volumes, or folders in no layout.
+        FileNotFoundError: for a missing input.
+    """
+    modality = pair.input_modality(direction)
+    if mask is not None and (len(inputs) != 1 or inputs[0].is_dir()):
+        raise ValueError(
+            "--mask applies to a single input file; for folders, each case uses its own mask file"
+        )
+    if mask is not None:
+        check_nifti(mask, MASK_HINT)
+
+    jobs = []
+    for path in inputs:
+        if path.is_dir():
+            for case in discover_cases(path, [modality]):
+                jobs.append((case.image(modality), case.mask))
+        elif path.is_file():
+            check_input_file(path, pair, direction)
+            jobs.append((path, mask if mask is not None else case_mask(path)))
+        else:
+            raise FileNotFoundError(f"input {path} not found")
+
+    check_distinct_outputs([image for image, _ in jobs], modality, pair.output_modality(direction))
+    for image, job_mask in jobs:
+        check_voxels(image, job_mask)
+    return jobs
+
+
+def case_mask(image: Path) -> Path | None:
+    """Return the mask file of the case folder that ``image`` lies in, or None."""
+    if match_layout(image.parent.name) is None:
+        return None
+    return read_case(image.parent).mask
+
+
+def check_input_file(path: Path, pair: Pair, direction: Direction) -> None:
+    """Check that a file given on its own is NIfTI, and warn when its name gives the other modality."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise LayoutError(f"{path} is not a NIfTI file (.nii or .nii.gz); {LAYOUT_HELP}")
+    check_nifti(path)
+
+    modality = pair.input_modality(direction)
+    named = named_modality(path)
+    if named is not None and named != modality:
+        logger.warning(
+            "%s is named like a %s image, but --direction %s translates %s into %s; check the file "
+            "and the direction", path, named, direction, modality, pair.output_modality(direction),
+        )
+
+
+def check_voxels(image: Path, mask: Path | None) -> None:
+    """Raise ValueError for NaN or infinite voxels in ``image``, or a ``mask`` on another grid."""
+    native = nib.load(str(image))
+    check_finite(image, native)
+    if mask is not None:
+        check_nifti(mask, MASK_HINT)
+        check_same_grid(mask, native, image)
+
+
+def check_distinct_outputs(images: list[Path], input_modality: str, output_modality: str) -> None:
+    """Raise ValueError when an input is given twice or two inputs would write the same output file."""
+    seen: dict[Path, Path] = {}
+    names: dict[str, Path] = {}
+    for image in images:
+        resolved = image.resolve()
+        if resolved in seen:
+            raise ValueError(f"input {image} is given twice (also as {seen[resolved]}); pass each file once")
+        seen[resolved] = image
+
+        name = output_name(image, input_modality, output_modality)
+        if name in names:
+            raise ValueError(
+                f"inputs {names[name]} and {image} would both be written to {name}; rename one of them, or "
+                "translate them in two runs into separate output folders"
+            )
+        names[name] = image
+
+
+def prepare_output_folder(out_dir: Path, jobs: list[Job], input_folders: list[Path]) -> None:
+    """Check that ``out_dir`` lies outside the inputs' folders, create it and check that it is writable.
+
+    Raises:
+        ValueError: when ``out_dir`` is inside an input folder, is a file, or cannot be written.
+    """
+    check_output_folder(out_dir, [image for image, _ in jobs], input_folders)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file; choose a folder name for --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=out_dir, prefix=".write_check")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(
+            f"cannot write into output folder {out_dir} ({error.strerror}); choose a folder you can write to"
+        ) from None
