@@ -56,9 +56,10 @@ def test_invalid_settings_leave_no_settings_file(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_zero_subjects_rejected():
-    with pytest.raises(ValueError, match="subjects must be a positive integer, got 0"):
-        DemoSettings(subjects=0)
+@pytest.mark.parametrize("subjects", [0, 1])
+def test_too_few_subjects_rejected(subjects):
+    with pytest.raises(ValueError, match=rf"subjects \(--subjects\) must be an integer of at least 2, .* got {subjects}"):
+        DemoSettings(subjects=subjects)
 
 
 def test_cli_rerun_other_settings_fails(earlier_run, capsys):

@@ -247,9 +247,20 @@ def test_file_that_is_not_nifti(trained, tmp_path, capsys):
     code, err = _run_cli(capsys, ["translate", str(bad), "--model", str(trained["models"]["t1t2"]),
                                   "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
 
-    _assert_one_line_error(code, err, "scan.nii.gz", "expected one of: BraTS 2020")
+    _assert_one_line_error(code, err, "scan.nii.gz", "pass a 3D NIfTI volume (.nii or .nii.gz)")
+    assert "BraTS 2020" not in err
     assert sorted(p.name for p in bad.parent.iterdir()) == ["scan.nii.gz"]
     assert not (tmp_path / "out").exists()
+
+
+def test_loose_files_folder_hint(trained, tmp_path, capsys):
+    folder = tmp_path / "loose"
+    _copy_with_new_name(_test_case_file(trained, "t1t2", "t1"), folder / "scan_t1.nii.gz")
+
+    code, err = _run_cli(capsys, ["translate", str(folder), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"no case folders found in {folder}", "`translate` takes files directly")
 
 
 def test_folder_in_no_known_layout(trained, tmp_path, capsys):

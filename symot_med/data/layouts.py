@@ -315,7 +315,11 @@ def discover_cases(root: str | Path, modalities: Sequence[str] | None = None, ch
 
     folders = _case_folders(root)
     if not folders:
-        raise LayoutError(f"no case folders found in {root}; {LAYOUT_HELP}")
+        loose = sorted(path.name for path in root.glob("*.nii*") if path.is_file())
+        files_hint = ""
+        if loose:
+            files_hint = f" ({root} contains NIfTI files such as {loose[0]}: `translate` takes files directly)"
+        raise LayoutError(f"no case folders found in {root}{files_hint}; {LAYOUT_HELP}")
 
     cases = [read_case(folder) for folder in folders]
     layouts = sorted({case.layout for case in cases})

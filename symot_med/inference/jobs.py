@@ -15,7 +15,6 @@ import nibabel as nib
 
 from symot_med.config import Direction, Pair
 from symot_med.data.layouts import (
-    LAYOUT_HELP,
     LayoutError,
     check_nifti,
     discover_cases,
@@ -29,6 +28,9 @@ from symot_med.inference.translate import check_output_folder, output_name
 logger = logging.getLogger(__name__)
 
 Job = tuple[Path, Path | None]
+
+# Advice for a bad input file. The data set layouts apply to folders only, so errors about files leave them out.
+FILE_HINT = "pass a 3D NIfTI volume (.nii or .nii.gz), or a case or data set folder"
 
 
 def translate_jobs(inputs: list[Path], pair: Pair, direction: Direction, mask: Path | None) -> list[Job]:
@@ -79,8 +81,8 @@ def case_mask(image: Path) -> Path | None:
 def check_input_file(path: Path, pair: Pair, direction: Direction) -> None:
     """Check that a file given on its own is NIfTI, and warn when its name gives the other modality."""
     if not path.name.endswith((".nii", ".nii.gz")):
-        raise LayoutError(f"{path} is not a NIfTI file (.nii or .nii.gz); {LAYOUT_HELP}")
-    check_nifti(path)
+        raise LayoutError(f"{path} is not a NIfTI file (.nii or .nii.gz); {FILE_HINT}")
+    check_nifti(path, FILE_HINT)
 
     modality = pair.input_modality(direction)
     named = named_modality(path)

@@ -81,8 +81,11 @@ class DemoSettings:
     pairs: tuple[str, ...] = ("t1t2", "ctmr")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.subjects, int) or self.subjects < 1:
-            raise ValueError(f"subjects must be a positive integer, got {self.subjects!r}")
+        if isinstance(self.subjects, bool) or not isinstance(self.subjects, int) or self.subjects < 2:
+            raise ValueError(
+                f"subjects (--subjects) must be an integer of at least 2, so that one subject is held out for "
+                f"testing, got {self.subjects!r}"
+            )
         if self.autoencoders not in AUTOENCODER_LAYOUTS:
             raise ValueError(f"autoencoders must be one of {AUTOENCODER_LAYOUTS}, got {self.autoencoders!r}")
 
