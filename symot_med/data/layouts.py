@@ -248,8 +248,10 @@ def check_nifti(path: Path, hint: str = LAYOUT_HELP) -> None:
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise LayoutError(f"{path} is a {type(image).__name__}, not NIfTI; {hint}")
     if len(image.shape) != 3:
-        squeeze = " (drop its trailing axes of length 1)" if len(image.shape) > 3 and set(image.shape[3:]) == {1} else ""
-        raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume{squeeze}")
+        advice = ""
+        if len(image.shape) > 3 and set(image.shape[3:]) == {1}:
+            advice = " (drop its trailing axes of length 1)"
+        raise LayoutError(f"{path} has shape {image.shape}; expected a 3D volume{advice}")
     dtype = image.get_data_dtype()
     if dtype.kind not in "biuf":
         raise LayoutError(
