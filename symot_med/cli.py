@@ -190,15 +190,15 @@ def run(args: argparse.Namespace) -> int:
         train_flow_stage(args.cache, autoencoders, args.out, pair, config, args.device, progress)
 
     elif args.command == "translate":
-        from symot_med.inference.jobs import prepare_output_folder, translate_jobs
-        from symot_med.inference.translate import Translator, read_model_card
+        from symot_med.inference.jobs import translate_into, translate_jobs
+        from symot_med.inference.translate import Translator, check_output_folder, read_model_card
 
         pair = get_pair(read_model_card(args.model)["pair"])
         jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
-        prepare_output_folder(args.out, jobs, [path for path in args.inputs if path.is_dir()])
+        input_folders = [path for path in args.inputs if path.is_dir()]
+        check_output_folder(args.out, [image for image, _ in jobs], input_folders)
         translator = Translator(args.model, device=args.device)
-        for image, mask in jobs:
-            translator.translate_file(image, args.direction, args.out, mask_path=mask)
+        translate_into(translator, jobs, args.out, args.direction, input_folders)
         logger.info("translated %d volume(s) into %s", len(jobs), args.out)
 
     elif args.command == "demo":

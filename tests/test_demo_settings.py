@@ -56,9 +56,9 @@ def test_invalid_settings_leave_no_settings_file(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("subjects", [0, 1])
-def test_too_few_subjects_rejected(subjects):
-    with pytest.raises(ValueError, match=rf"subjects \(--subjects\) must be an integer of at least 2, .* got {subjects}"):
+@pytest.mark.parametrize("subjects", [0, 1, 1000])
+def test_subjects_out_of_range_rejected(subjects):
+    with pytest.raises(ValueError, match=rf"subjects \(--subjects\) must be an integer from 2, .* to 999, .* got {subjects}"):
         DemoSettings(subjects=subjects)
 
 

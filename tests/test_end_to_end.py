@@ -558,3 +558,43 @@ def test_flow_rejects_wrong_slice_size(trained, tmp_path):
 
     with pytest.raises(ValueError, match="trained on 48x56 slices, but the slice cache .* has 40x48 slices"):
         train_flow_stage(cache, ctmr_autoencoder, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False)
+
+
+def test_late_corrupt_file_stops_batch(trained, tmp_path, capsys):
+    good = _test_case_file(trained, "t1t2", "t1")
+    bad = _copy_with_new_name(good, tmp_path / "inputs" / "late_t1.nii.gz")
+    data = bytearray(bad.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # same length, so only reading the data finds it
+    bad.write_bytes(bytes(data))
+
+    code, err = _run_cli(capsys, ["translate", str(good), str(bad), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"cannot read {bad}", "replace or remove the file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_late_empty_volume_stops_batch(trained, tmp_path, capsys):
+    good = _test_case_file(trained, "t1t2", "t1")
+    image = nib.load(str(good))
+    empty = tmp_path / "inputs" / "zeros_t1.nii.gz"
+    empty.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, dtype=np.float32), image.affine), str(empty))
+
+    code, err = _run_cli(capsys, ["translate", str(good), str(empty), "--model", str(trained["models"]["t1t2"]),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"{empty} has no foreground under the automatic t1 threshold")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_failure_leaves_no_folder(trained, tmp_path, capsys):
+    code, err = _run_cli(capsys, ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model",
+                                  str(trained["models"]["t1t2"]), "--direction", "forward", "--out",
+                                  str(tmp_path / "out"), "--device", "cuda", "--quiet"])
+
+    assert code == 1
+    assert "cuda" in err
+    assert not (tmp_path / "out").exists()

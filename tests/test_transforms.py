@@ -163,16 +163,18 @@ def test_preprocess_names_file_and_cause(tmp_path, broken_gzip):
     assert "applying transform" not in str(error.value)
 
 
-@pytest.mark.parametrize("depth", [1, 2])
-def test_threshold_mask_of_thin_volume(depth):
-    volume = np.zeros((20, 20, depth), dtype=np.float32)
+@pytest.mark.parametrize("thin_axis", [0, 1, 2])
+@pytest.mark.parametrize("thickness", [1, 2])
+def test_threshold_mask_of_thin_volume(thin_axis, thickness):
+    volume = np.zeros((20, 20, thickness), dtype=np.float32)
     volume[5:15, 5:15, :] = 100.0  # a 10 x 10 head in every slice
+    volume = np.moveaxis(volume, 2, thin_axis)
 
-    mask = threshold_mask(volume, "t1")
+    mask = np.moveaxis(threshold_mask(volume, "t1"), thin_axis, 2)
 
     # Opening with the in-plane cross removes only the 4 corners of the square.
     expected = np.zeros((20, 20), dtype=bool)
     expected[5:15, 5:15] = True
     expected[[5, 5, 14, 14], [5, 14, 5, 14]] = False
-    for k in range(depth):
+    for k in range(thickness):
         np.testing.assert_array_equal(mask[:, :, k], expected)

@@ -61,13 +61,14 @@ def run_translate(args: argparse.Namespace) -> int:
     from symot_med.baselines.training import read_baseline_card
     from symot_med.baselines.translate import BaselineTranslator
     from symot_med.config import get_pair
-    from symot_med.inference.jobs import prepare_output_folder, translate_jobs
+    from symot_med.inference.jobs import translate_into, translate_jobs
+    from symot_med.inference.translate import check_output_folder
 
     pair = get_pair(read_baseline_card(args.model)["pair"])
     jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
-    prepare_output_folder(args.out, jobs, [path for path in args.inputs if path.is_dir()])
+    input_folders = [path for path in args.inputs if path.is_dir()]
+    check_output_folder(args.out, [image for image, _ in jobs], input_folders)
     translator = BaselineTranslator(args.model, device=args.device)
-    for image, mask in jobs:
-        translator.translate_file(image, args.direction, args.out, mask_path=mask)
+    translate_into(translator, jobs, args.out, args.direction, input_folders)
     logger.info("translated %d volume(s) into %s", len(jobs), args.out)
     return 0

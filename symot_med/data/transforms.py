@@ -98,8 +98,7 @@ def intensity_scale(modality: str, values: np.ndarray) -> IntensityScale:
 def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
     """Foreground of a volume without a mask file: body above -500 HU for CT; for MR, voxels
     above 5 % of the 99th percentile of non-zero voxels. A binary opening removes specks (in
-    3D, or within each slice for volumes of fewer than 3 slices), and holes are filled slice by
-    slice.
+    3D, leaving out axes of fewer than 3 voxels), and holes are filled slice by slice.
 
     Args:
         volume: (H, W, D) array in native units.
@@ -116,10 +115,13 @@ def threshold_mask(volume: np.ndarray, modality: str) -> np.ndarray:
         mask = volume > 0.05 * np.percentile(positive, 99)
 
     structure = ndimage.generate_binary_structure(3, 1)
-    if mask.shape[2] < 3:
-        # Erosion treats voxels beyond the volume as background, so the 3D opening would empty
-        # a volume of one or two slices. Such volumes are opened within each slice.
-        structure[:, :, [0, 2]] = False
+    for axis, size in enumerate(mask.shape):
+        if size < 3:
+            # Erosion treats voxels beyond the volume as background, so opening along an axis
+            # of one or two voxels would empty the mask. The opening skips such axes.
+            structure = np.moveaxis(structure, axis, 0)
+            structure[[0, 2]] = False
+            structure = np.moveaxis(structure, 0, axis)
     mask = ndimage.binary_opening(mask, structure=structure, iterations=1)
     for k in range(mask.shape[2]):
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
@@ -263,25 +265,37 @@ class PreprocessedVolume:
 MASK_HINT = "pass a NIfTI mask on the input image's voxel grid (non-zero inside), or leave the mask out"
 
 
-def check_finite(path: Path, image: nib.spatialimages.SpatialImage) -> None:
+def check_finite(path: Path, image: nib.spatialimages.SpatialImage, strict: bool = False) -> np.ndarray | None:
     """Raise ValueError naming ``path`` and the count when any voxel is NaN or infinite.
 
     Such voxels would spread through resampling and normalisation into the whole slice, so
-    they are rejected before any work. Integer files cannot hold them and are not read.
+    they are rejected before any work. Scaled integer files can hold them too, because
+    nibabel applies ``scl_slope`` in floating point.
+
+    Args:
+        path: the file, for the message.
+        image: the loaded image.
+        strict: raise ValueError naming ``path`` when its data cannot be read (corrupt gzip
+            stream). Otherwise such a file passes, and the preprocessing reports it.
+
+    Returns:
+        The voxel values in native units, or None when they could not be read.
     """
-    if not np.issubdtype(image.get_data_dtype(), np.floating):
-        return
     try:
         values = np.asanyarray(image.dataobj)
-    except Exception:  # nibabel raises several types for corrupt data
-        # The preprocessing reads the file next and reports the cause with the file's name.
-        return
+    except Exception as error:  # nibabel and zlib raise several types for corrupt data
+        if strict:
+            raise ValueError(f"cannot read {path} ({error}); replace or remove the file") from None
+        return None
+    if not np.issubdtype(values.dtype, np.floating):
+        return values
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
         raise ValueError(
             f"{path} has {bad} of {values.size} voxels that are NaN or infinite; replace them, for example "
             "with the background value, and run again"
         )
+    return values
 
 
 def check_same_grid(mask_path: Path, image: nib.spatialimages.SpatialImage, image_path: Path) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from symot_med.config import Direction, Pair
 from symot_med.data.layouts import (
@@ -22,7 +23,7 @@ from symot_med.data.layouts import (
     named_modality,
     read_case,
 )
-from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid
+from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid, threshold_mask
 from symot_med.inference.translate import check_output_folder, output_name
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def translate_jobs(inputs: list[Path], pair: Pair, direction: Direction, mask: P
 
     check_distinct_outputs([image for image, _ in jobs], modality, pair.output_modality(direction))
     for image, job_mask in jobs:
-        check_voxels(image, job_mask)
+        check_voxels(image, job_mask, modality)
     return jobs
 
 
@@ -93,13 +94,25 @@ def check_input_file(path: Path, pair: Pair, direction: Direction) -> None:
         )
 
 
-def check_voxels(image: Path, mask: Path | None) -> None:
-    """Raise ValueError for NaN or infinite voxels in ``image``, or a ``mask`` on another grid."""
+def check_voxels(image: Path, mask: Path | None, modality: str) -> None:
+    """Raise ValueError for unreadable data, NaN or infinite voxels, no foreground, or a ``mask`` on another grid.
+
+    Reads every voxel of ``image`` (and of ``mask``), so a corrupt gzip stream is found here.
+    Without a mask, the image must have foreground under :func:`threshold_mask`.
+    """
     native = nib.load(str(image))
-    check_finite(image, native)
+    values = check_finite(image, native, strict=True)
     if mask is not None:
         check_nifti(mask, MASK_HINT)
         check_same_grid(mask, native, image)
+        mask_values = check_finite(mask, nib.load(str(mask)), strict=True)
+        if not np.any(mask_values > 0):
+            raise ValueError(f"mask {mask} has no voxel above zero; {MASK_HINT}")
+    elif not threshold_mask(values, modality).any():
+        raise ValueError(
+            f"{image} has no foreground under the automatic {modality} threshold (for MR, no voxel above zero; "
+            "for CT, none above -500 HU); check the file, or pass a mask that marks the head with --mask"
+        )
 
 
 def check_distinct_outputs(images: list[Path], input_modality: str, output_modality: str) -> None:
@@ -139,3 +152,24 @@ def prepare_output_folder(out_dir: Path, jobs: list[Job], input_folders: list[Pa
         raise ValueError(
             f"cannot write into output folder {out_dir} ({error.strerror}); choose a folder you can write to"
         ) from None
+
+
+def translate_into(translator, jobs: list[Job], out_dir: Path, direction: Direction, input_folders: list[Path]) -> None:
+    """Translate every job into ``out_dir``, removing the folder again if this call created it and it stays empty.
+
+    Args:
+        translator: ``Translator`` or ``BaselineTranslator``, already loaded.
+        jobs: from :func:`translate_jobs`.
+        out_dir: output folder, created when missing.
+        direction: ``forward`` or ``inverse``.
+        input_folders: folders given as inputs, which ``out_dir`` must lie outside.
+    """
+    created = not out_dir.exists()
+    prepare_output_folder(out_dir, jobs, input_folders)
+    try:
+        for image, mask in jobs:
+            translator.translate_file(image, direction, out_dir, mask_path=mask)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise

@@ -38,7 +38,7 @@ from symot_med.baselines.networks import NetworkConfig
 from symot_med.baselines.training import BaselineTrainConfig, train_baseline_stage
 from symot_med.baselines.translate import BaselineTranslator
 from symot_med.config import AUTOENCODER_LAYOUTS, DIRECTIONS, PAIRS, Pair, get_profile
-from symot_med.data.demo_cohort import generate_demo_cohort
+from symot_med.data.demo_cohort import MAX_SUBJECTS, generate_demo_cohort
 from symot_med.data.slices import SliceCache
 from symot_med.data.transforms import threshold_mask
 from symot_med.device import resolve_device
@@ -81,10 +81,11 @@ class DemoSettings:
     pairs: tuple[str, ...] = ("t1t2", "ctmr")
 
     def __post_init__(self) -> None:
-        if isinstance(self.subjects, bool) or not isinstance(self.subjects, int) or self.subjects < 2:
+        most = min(MAX_SUBJECTS.values())
+        if isinstance(self.subjects, bool) or not isinstance(self.subjects, int) or not 2 <= self.subjects <= most:
             raise ValueError(
-                f"subjects (--subjects) must be an integer of at least 2, so that one subject is held out for "
-                f"testing, got {self.subjects!r}"
+                f"subjects (--subjects) must be an integer from 2, so that one subject is held out for testing, "
+                f"to {most}, the number of SynthRAD case ids; got {self.subjects!r}"
             )
         if self.autoencoders not in AUTOENCODER_LAYOUTS:
             raise ValueError(f"autoencoders must be one of {AUTOENCODER_LAYOUTS}, got {self.autoencoders!r}")
