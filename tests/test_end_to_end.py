@@ -598,3 +598,32 @@ def test_load_failure_leaves_no_folder(trained, tmp_path, capsys):
     assert code == 1
     assert "cuda" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_mr_sequence_name_fits_ctmr_model(trained, tmp_path, caplog):
+    image = _copy_with_new_name(_test_case_file(trained, "ctmr", "mr"), tmp_path / "inputs" / "subj_t1.nii.gz")
+    ct_named = _copy_with_new_name(_test_case_file(trained, "t1t2", "t1"), tmp_path / "other" / "ct.nii.gz")
+
+    with caplog.at_level(logging.WARNING, logger="symot_med"):
+        assert main(["translate", str(image), "--model", str(trained["models"]["ctmr"]), "--direction", "inverse",
+                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+        assert main(["translate", str(ct_named), "--model", str(trained["models"]["t1t2"]), "--direction", "forward",
+                     "--out", str(tmp_path / "out2"), "--device", "cpu", "--quiet"]) == 0
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert not any(str(image) in message for message in warnings), warnings
+    assert any(
+        f"{ct_named} is named like a ct image, but this model translates between t1 and t2" in message
+        for message in warnings
+    ), warnings
+
+
+def test_flow_only_copy_names_card(trained, tmp_path, capsys):
+    copy = tmp_path / "flow_only"
+    shutil.copytree(trained["models"]["t1t2"], copy)
+
+    code, err = _run_cli(capsys, ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(copy),
+                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+
+    _assert_one_line_error(code, err, f"named in {copy / 'model.json'}, not found", "copy or move the whole run folder")
+    assert not (tmp_path / "out").exists()

@@ -191,6 +191,7 @@ def test_read_case_rejects_other_folder(tmp_path):
         ("BraTS20_Training_001_t1.nii", "t1"),
         ("BraTS2021_00000_t1ce.nii.gz", "t1ce"),
         ("subject01_t2.nii.gz", "t2"),
+        ("subject01_T2.nii.gz", "t2"),
         ("BraTS-GLI-00000-000-t2w.nii.gz", "t2"),
         ("BraTS-GLI-00000-000-t2f.nii.gz", "flair"),
         ("mr.nii.gz", "mr"),

@@ -148,10 +148,11 @@ def layout_spec(name: str) -> LayoutSpec:
 def named_modality(path: str | Path) -> str | None:
     """Return the canonical modality that a file's name gives in a known layout, or None.
 
-    Only the part of a name that follows the case id is compared, so a renamed BraTS file
-    such as ``subject01_t2.nii.gz`` reads as ``t2``, and SynthRAD's ``mr.nii.gz`` as ``mr``.
+    Only the part of a name that follows the case id is compared, in lower case, so a renamed
+    BraTS file such as ``subject01_T2.nii.gz`` reads as ``t2``, and SynthRAD's ``mr.nii.gz`` as
+    ``mr``.
     """
-    name = Path(path).name
+    name = Path(path).name.lower()
     stem = name.removesuffix(".gz").removesuffix(".nii")
     for spec in LAYOUTS:
         for modality, template in spec.file_names.items():

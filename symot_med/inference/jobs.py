@@ -23,7 +23,7 @@ from symot_med.data.layouts import (
     named_modality,
     read_case,
 )
-from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid, threshold_mask
+from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid, modality_kind, threshold_mask
 from symot_med.inference.translate import check_output_folder, output_name
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,19 @@ def check_input_file(path: Path, pair: Pair, direction: Direction) -> None:
 
     modality = pair.input_modality(direction)
     named = named_modality(path)
-    if named is not None and named != modality:
+    if named is None or named == modality:
+        return
+    if named in pair.modalities():
         logger.warning(
             "%s is named like a %s image, but --direction %s translates %s into %s; check the file "
             "and the direction", path, named, direction, modality, pair.output_modality(direction),
+        )
+    elif modality_kind(named) != modality_kind(modality) or pair.dataset == "brats":
+        # The MR of the CT/MR pair may be any MR sequence, such as a T1 file, but a BraTS pair
+        # translates its two sequences only.
+        logger.warning(
+            "%s is named like a %s image, but this model translates between %s and %s; check the file "
+            "and the model", path, named, pair.source, pair.target,
         )
 
 

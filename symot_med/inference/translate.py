@@ -129,11 +129,13 @@ class TranslatedVolume:
 
 
 def read_model_card(model_dir: str | Path) -> dict:
-    """Return the ``model.json`` of ``model_dir`` with absolute checkpoint paths.
+    """Return the ``model.json`` of ``model_dir`` (the folder, or the card file itself) with absolute checkpoint paths.
 
     Raises:
         FileNotFoundError: naming ``model.json`` when it is absent.
     """
+    if Path(model_dir).name == MODEL_FILE and Path(model_dir).is_file():
+        model_dir = Path(model_dir).parent
     card_path = Path(model_dir) / MODEL_FILE
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
@@ -281,6 +283,12 @@ class Translator(VolumeTranslator):
         self.device = resolve_device(device)
         self.batch_size = batch_size
         files = card_autoencoders(card)
+        for path in [*files.values(), card["flow"]]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"checkpoint {path}, named in {Path(model_dir) / MODEL_FILE}, not found; copy or move the whole "
+                    "run folder (the model folder with its autoencoders), or train the model again"
+                )
         self.autoencoder = load_autoencoder(files[self.pair.source], device=self.device).eval()
         self.target_autoencoder = None
         if files[self.pair.target] != files[self.pair.source]:

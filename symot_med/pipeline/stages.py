@@ -98,7 +98,8 @@ def check_autoencoder_fits(path: Path, modality: str, slice_shape: list[int], ca
     if trained_modalities is not None and modality not in trained_modalities:
         raise ValueError(
             f"autoencoder {file} was trained on {'+'.join(trained_modalities)} slices, but it is given for "
-            f"{modality}; pass the autoencoder trained on {modality} (or on both modalities)"
+            f"{modality}; pass the autoencoder trained on {modality} (or on both modalities), with train-flow's "
+            "--target-autoencoder for the target modality"
         )
 
 
