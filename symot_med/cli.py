@@ -257,13 +257,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("symot-med: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(
+            "symot-med: interrupted; rerun the same command to continue (training resumes from its last checkpoint)",
+            file=sys.stderr,
+        )
         return 130
     except Exception as error:  # one line for the user; --debug shows the traceback
         if args.debug:
             raise
-        print(f"symot-med: error: {error}", file=sys.stderr)
+        print(f"symot-med: error: {error_message(error)}", file=sys.stderr)
         return 1
+
+
+def error_message(error: Exception) -> str:
+    """Return the one-line message for ``error``; system errors about a path name the path first.
+
+    Python formats an operating-system error as ``[Errno 17] File exists: 'out'``. The message
+    returned here names the path first, for example ``cannot use out (File exists); check the
+    path and its permissions, or choose another one``.
+    """
+    if isinstance(error, OSError) and error.errno is not None and error.filename is not None:
+        return f"cannot use {error.filename} ({error.strerror}); check the path and its permissions, or choose another one"
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -627,3 +627,15 @@ def test_flow_only_copy_names_card(trained, tmp_path, capsys):
 
     _assert_one_line_error(code, err, f"named in {copy / 'model.json'}, not found", "copy or move the whole run folder")
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_out_file_error(trained, tmp_path, capsys):
+    out = tmp_path / "afile.txt"
+    out.write_text("keep me")
+
+    code, err = _run_cli(capsys, ["prepare", "--data", str(trained["cohort"]["brats"]), "--pair", "t1t2",
+                                  "--out", str(out), "--quiet"])
+
+    _assert_one_line_error(code, err, f"cannot use {out}", "check the path and its permissions")
+    assert "[Errno" not in err
+    assert out.read_text() == "keep me"
