@@ -639,3 +639,16 @@ def test_prepare_out_file_error(trained, tmp_path, capsys):
     _assert_one_line_error(code, err, f"cannot use {out}", "check the path and its permissions")
     assert "[Errno" not in err
     assert out.read_text() == "keep me"
+
+
+def test_rerun_warns_before_replacing_output(trained, tmp_path, caplog):
+    arguments = ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(trained["models"]["t1t2"]),
+                 "--direction", "forward", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    assert main(arguments) == 0
+    written = next((tmp_path / "out").iterdir())
+
+    with caplog.at_level(logging.WARNING, logger="symot_med"):
+        assert main(arguments) == 0
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert f"replacing {written}, an output of an earlier run" in warnings

@@ -212,6 +212,8 @@ def write_translated_volume(result: TranslatedVolume, image_path: str | Path, ou
     """Write ``result`` into ``out_dir`` under ``output_name`` and return the file written."""
     image_path = Path(image_path)
     out_path = Path(out_dir) / output_name(image_path, result.input_modality, result.output_modality)
+    if out_path.exists():
+        logger.warning("replacing %s, an output of an earlier run", out_path)
     description = f"symot-med {__version__} {result.input_modality} to {result.output_modality}"
     save_nifti(out_path, result.array, result.reference, description)
     logger.info("wrote %s", out_path)
