@@ -195,10 +195,9 @@ def run(args: argparse.Namespace) -> int:
 
         pair = get_pair(read_model_card(args.model)["pair"])
         jobs = translate_jobs(args.inputs, pair, args.direction, args.mask)
-        input_folders = [path for path in args.inputs if path.is_dir()]
-        check_output_folder(args.out, [image for image, _ in jobs], input_folders)
+        check_output_folder(args.out, [image for image, _ in jobs], [path for path in args.inputs if path.is_dir()])
         translator = Translator(args.model, device=args.device)
-        translate_into(translator, jobs, args.out, args.direction, input_folders)
+        translate_into(translator, jobs, args.out, args.direction)
         logger.info("translated %d volume(s) into %s", len(jobs), args.out)
 
     elif args.command == "demo":

@@ -398,35 +398,46 @@ def test_latent_study_reuses_demo_models(trained, tmp_path):
 def _copy_with_new_name(source: Path, target: Path) -> Path:
     """Save the voxels and affine of ``source`` under ``target`` (a new NIfTI, not a file copy)."""
     image = nib.load(str(source))
+    return _save_like(source, target, np.asarray(image.dataobj, dtype=np.float32))
+
+
+def _save_like(source: Path, target: Path, values: np.ndarray) -> Path:
+    """Save ``values`` under ``target`` with the affine of ``source``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), image.affine), str(target))
+    nib.save(nib.Nifti1Image(values, nib.load(str(source)).affine), str(target))
     return target
 
 
+def _translate_argv(model: Path, inputs: list[Path], out: Path, direction: str = "forward", *options: str) -> list[str]:
+    """Return the argument list of ``symot-med translate`` on the CPU, without progress bars."""
+    return ["translate", *map(str, inputs), "--model", str(model), "--direction", direction,
+            "--out", str(out), "--device", "cpu", "--quiet", *options]
+
+
+def _warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
 def test_nan_voxels_rejected_before_writing(trained, tmp_path, capsys):
-    image = nib.load(str(_test_case_file(trained, "t1t2", "t1")))
-    values = np.asarray(image.dataobj, dtype=np.float32)
+    source = _test_case_file(trained, "t1t2", "t1")
+    values = np.asarray(nib.load(str(source)).dataobj, dtype=np.float32)
     values[10, 10, 10] = np.nan
     values[11, 10, 10] = np.inf
     values[12, 10, 10] = np.nan
-    bad = tmp_path / "inputs" / "scan_t1.nii.gz"
-    bad.parent.mkdir()
-    nib.save(nib.Nifti1Image(values, image.affine), str(bad))
+    bad = _save_like(source, tmp_path / "inputs" / "scan_t1.nii.gz", values)
 
-    code, err = _run_cli(capsys, ["translate", str(bad), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [bad], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"{bad} has 3 of {values.size} voxels that are NaN or infinite")
     assert sorted(p.name for p in bad.parent.iterdir()) == ["scan_t1.nii.gz"]
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 def test_same_input_twice_rejected(trained, tmp_path, capsys):
     image = _copy_with_new_name(_test_case_file(trained, "t1t2", "t1"), tmp_path / "inputs" / "scan_t1.nii.gz")
     again = tmp_path / "inputs" / "." / "scan_t1.nii.gz"
 
-    code, err = _run_cli(capsys, ["translate", str(image), str(again), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [image, again], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"input {again} is given twice (also as {image})")
     assert not (tmp_path / "out").exists()
@@ -437,8 +448,7 @@ def test_inputs_with_one_output_name_rejected(trained, tmp_path, capsys):
     first = _copy_with_new_name(source, tmp_path / "site_a" / "scan_t1.nii.gz")
     second = _copy_with_new_name(source, tmp_path / "site_b" / "scan_t1.nii.gz")
 
-    code, err = _run_cli(capsys, ["translate", str(first), str(second), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [first, second], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"inputs {first} and {second} would both be written to scan_t1_t1_to_t2.nii.gz")
     assert not (tmp_path / "out").exists()
@@ -448,23 +458,19 @@ def test_other_modality_name_warns(trained, tmp_path, caplog):
     image = _copy_with_new_name(_test_case_file(trained, "t1t2", "t2"), tmp_path / "inputs" / "scan_t2.nii.gz")
 
     with caplog.at_level(logging.WARNING, logger="symot_med"):
-        code = main(["translate", str(image), "--model", str(trained["models"]["t1t2"]), "--direction", "forward",
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+        code = main(_translate_argv(trained["models"]["t1t2"], [image], tmp_path / "out"))
 
     assert code == 0
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert any(
-        f"{image} is named like a t2 image, but --direction forward translates t1 into t2" in message
-        for message in warnings
-    ), warnings
+    expected = f"{image} is named like a t2 image, but --direction forward translates t1 into t2"
+    assert any(expected in message for message in _warnings(caplog)), _warnings(caplog)
 
 
 def test_missing_mask_error(trained, tmp_path, capsys):
     image = _test_case_file(trained, "t1t2", "t1")
     mask = tmp_path / "no_such_mask.nii.gz"
 
-    code, err = _run_cli(capsys, ["translate", str(image), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--mask", str(mask), "--out", str(tmp_path / "out"), "--quiet"])
+    argv = _translate_argv(trained["models"]["t1t2"], [image], tmp_path / "out", "forward", "--mask", str(mask))
+    code, err = _run_cli(capsys, argv)
 
     _assert_one_line_error(code, err, f"{mask} not found", "pass a NIfTI mask on the input image's voxel grid")
     assert "BraTS 2020" not in err
@@ -474,21 +480,20 @@ def test_mask_with_folder_rejected(trained, tmp_path, capsys):
     data = trained["cohort"]["synthrad"]
     mask = next(data.rglob("mask.nii.gz"))
 
-    code, err = _run_cli(capsys, ["translate", str(data), "--model", str(trained["models"]["ctmr"]), "--direction",
-                                  "forward", "--mask", str(mask), "--out", str(tmp_path / "out"), "--quiet"])
+    argv = _translate_argv(trained["models"]["ctmr"], [data], tmp_path / "out", "forward", "--mask", str(mask))
+    code, err = _run_cli(capsys, argv)
 
     _assert_one_line_error(code, err, "--mask applies to a single input file")
     assert not (tmp_path / "out").exists()
 
 
 def test_case_file_uses_case_mask(trained, tmp_path):
+    # The folder run uses the case's mask.nii.gz, so the file run must give the same voxels.
     case = sorted((trained["cohort"]["synthrad"]).rglob("1BA003"))[0]
-    model = str(trained["models"]["ctmr"])
+    model = trained["models"]["ctmr"]
 
-    assert main(["translate", str(case / "mr.nii.gz"), "--model", model, "--direction", "inverse",
-                 "--out", str(tmp_path / "file"), "--device", "cpu", "--quiet"]) == 0
-    assert main(["translate", str(case), "--model", model, "--direction", "inverse",
-                 "--out", str(tmp_path / "folder"), "--device", "cpu", "--quiet"]) == 0
+    assert main(_translate_argv(model, [case / "mr.nii.gz"], tmp_path / "file", "inverse")) == 0
+    assert main(_translate_argv(model, [case], tmp_path / "folder", "inverse")) == 0
 
     from_file = np.asarray(nib.load(str(tmp_path / "file" / "1BA003_mr_to_ct.nii.gz")).dataobj)
     from_folder = np.asarray(nib.load(str(tmp_path / "folder" / "1BA003_mr_to_ct.nii.gz")).dataobj)
@@ -497,15 +502,11 @@ def test_case_file_uses_case_mask(trained, tmp_path):
 
 def test_late_bad_file_stops_batch(trained, tmp_path, capsys):
     good = _test_case_file(trained, "t1t2", "t1")
-    image = nib.load(str(good))
-    values = np.asarray(image.dataobj, dtype=np.float32)
+    values = np.asarray(nib.load(str(good)).dataobj, dtype=np.float32)
     values[0, 0, 0] = np.nan
-    bad = tmp_path / "inputs" / "late_t1.nii.gz"
-    bad.parent.mkdir()
-    nib.save(nib.Nifti1Image(values, image.affine), str(bad))
+    bad = _save_like(good, tmp_path / "inputs" / "late_t1.nii.gz", values)
 
-    code, err = _run_cli(capsys, ["translate", str(good), str(bad), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [good, bad], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"{bad} has 1 of")
     assert not (tmp_path / "out").exists()
@@ -516,8 +517,7 @@ def test_output_folder_that_is_a_file(trained, tmp_path, capsys):
     out = tmp_path / "taken"
     out.write_text("keep me")
 
-    code, err = _run_cli(capsys, ["translate", str(image), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(out), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [image], out))
 
     _assert_one_line_error(code, err, f"output folder {out} is a file")
     assert out.read_text() == "keep me"
@@ -531,9 +531,8 @@ def test_moved_run_folder_loads(trained, tmp_path):
 
     for path in [card["flow"], *card_autoencoders(card).values()]:
         assert Path(path).is_relative_to(moved.resolve()), path
-    code = main(["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(moved / "flow"),
-                 "--direction", "forward", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
-    assert code == 0
+    image = _test_case_file(trained, "t1t2", "t1")
+    assert main(_translate_argv(moved / "flow", [image], tmp_path / "out")) == 0
 
 
 def test_evaluate_rejects_other_pair_model(trained, tmp_path, capsys):
@@ -549,7 +548,9 @@ def test_flow_rejects_wrong_modality_autoencoder(trained, tmp_path):
     t2_only = train_ae_stage(cache, tmp_path / "ae_t2", TINY_AE, TINY_MODEL, "cpu", progress=False, modalities=["t2"])
 
     with pytest.raises(ValueError, match="trained on t2 slices, but it is given for t1"):
-        train_flow_stage(cache, {"t1": t2_only, "t2": t2_only}, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False)
+        train_flow_stage(
+            cache, {"t1": t2_only, "t2": t2_only}, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False
+        )
 
 
 def test_flow_rejects_wrong_slice_size(trained, tmp_path):
@@ -557,7 +558,9 @@ def test_flow_rejects_wrong_slice_size(trained, tmp_path):
     ctmr_autoencoder = trained["root"] / "ctmr" / "autoencoder" / "autoencoder.pt"
 
     with pytest.raises(ValueError, match="trained on 48x56 slices, but the slice cache .* has 40x48 slices"):
-        train_flow_stage(cache, ctmr_autoencoder, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False)
+        train_flow_stage(
+            cache, ctmr_autoencoder, tmp_path / "flow", get_pair("t1t2"), TINY_FLOW, "cpu", progress=False
+        )
 
 
 def test_late_corrupt_file_stops_batch(trained, tmp_path, capsys):
@@ -568,8 +571,7 @@ def test_late_corrupt_file_stops_batch(trained, tmp_path, capsys):
     data[middle : middle + 64] = bytes(64)  # same length, so only reading the data finds it
     bad.write_bytes(bytes(data))
 
-    code, err = _run_cli(capsys, ["translate", str(good), str(bad), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [good, bad], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"cannot read {bad}", "replace or remove the file")
     assert not (tmp_path / "out").exists()
@@ -577,13 +579,10 @@ def test_late_corrupt_file_stops_batch(trained, tmp_path, capsys):
 
 def test_late_empty_volume_stops_batch(trained, tmp_path, capsys):
     good = _test_case_file(trained, "t1t2", "t1")
-    image = nib.load(str(good))
-    empty = tmp_path / "inputs" / "zeros_t1.nii.gz"
-    empty.parent.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros(image.shape, dtype=np.float32), image.affine), str(empty))
+    zeros = np.zeros(nib.load(str(good)).shape, dtype=np.float32)
+    empty = _save_like(good, tmp_path / "inputs" / "zeros_t1.nii.gz", zeros)
 
-    code, err = _run_cli(capsys, ["translate", str(good), str(empty), "--model", str(trained["models"]["t1t2"]),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [good, empty], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"{empty} has no foreground under the automatic t1 threshold")
     assert not (tmp_path / "out").exists()
@@ -591,9 +590,10 @@ def test_late_empty_volume_stops_batch(trained, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_load_failure_leaves_no_folder(trained, tmp_path, capsys):
-    code, err = _run_cli(capsys, ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model",
-                                  str(trained["models"]["t1t2"]), "--direction", "forward", "--out",
-                                  str(tmp_path / "out"), "--device", "cuda", "--quiet"])
+    image = _test_case_file(trained, "t1t2", "t1")
+
+    argv = _translate_argv(trained["models"]["t1t2"], [image], tmp_path / "out", "forward", "--device", "cuda")
+    code, err = _run_cli(capsys, argv)
 
     assert code == 1
     assert "cuda" in err
@@ -605,25 +605,20 @@ def test_mr_sequence_name_fits_ctmr_model(trained, tmp_path, caplog):
     ct_named = _copy_with_new_name(_test_case_file(trained, "t1t2", "t1"), tmp_path / "other" / "ct.nii.gz")
 
     with caplog.at_level(logging.WARNING, logger="symot_med"):
-        assert main(["translate", str(image), "--model", str(trained["models"]["ctmr"]), "--direction", "inverse",
-                     "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
-        assert main(["translate", str(ct_named), "--model", str(trained["models"]["t1t2"]), "--direction", "forward",
-                     "--out", str(tmp_path / "out2"), "--device", "cpu", "--quiet"]) == 0
+        assert main(_translate_argv(trained["models"]["ctmr"], [image], tmp_path / "out", "inverse")) == 0
+        assert main(_translate_argv(trained["models"]["t1t2"], [ct_named], tmp_path / "out2")) == 0
 
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    warnings = _warnings(caplog)
     assert not any(str(image) in message for message in warnings), warnings
-    assert any(
-        f"{ct_named} is named like a ct image, but this model translates between t1 and t2" in message
-        for message in warnings
-    ), warnings
+    expected = f"{ct_named} is named like a ct image, but this model translates between t1 and t2"
+    assert any(expected in message for message in warnings), warnings
 
 
 def test_flow_only_copy_names_card(trained, tmp_path, capsys):
     copy = tmp_path / "flow_only"
     shutil.copytree(trained["models"]["t1t2"], copy)
 
-    code, err = _run_cli(capsys, ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(copy),
-                                  "--direction", "forward", "--out", str(tmp_path / "out"), "--quiet"])
+    code, err = _run_cli(capsys, _translate_argv(copy, [_test_case_file(trained, "t1t2", "t1")], tmp_path / "out"))
 
     _assert_one_line_error(code, err, f"named in {copy / 'model.json'}, not found", "copy or move the whole run folder")
     assert not (tmp_path / "out").exists()
@@ -642,13 +637,11 @@ def test_prepare_out_file_error(trained, tmp_path, capsys):
 
 
 def test_rerun_warns_before_replacing_output(trained, tmp_path, caplog):
-    arguments = ["translate", str(_test_case_file(trained, "t1t2", "t1")), "--model", str(trained["models"]["t1t2"]),
-                 "--direction", "forward", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    arguments = _translate_argv(trained["models"]["t1t2"], [_test_case_file(trained, "t1t2", "t1")], tmp_path / "out")
     assert main(arguments) == 0
     written = next((tmp_path / "out").iterdir())
 
     with caplog.at_level(logging.WARNING, logger="symot_med"):
         assert main(arguments) == 0
 
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert f"replacing {written}, an output of an earlier run" in warnings
+    assert f"replacing {written}, an output of an earlier run" in _warnings(caplog)

@@ -113,7 +113,7 @@ def test_evaluate_map_of_translation():
     assert metrics["image_ot_forward"] == pytest.approx(25.0)
 
 
-def test_image_ot_equals_cost_of_a_gradient_map():
+def test_image_ot_of_gradient_map():
     # T(x) = A x + b with A symmetric positive definite is the gradient of a convex function,
     # so by Brenier's theorem no assignment of x onto T(x) costs less than T's own.
     rng = np.random.default_rng(8)
@@ -127,7 +127,7 @@ def test_image_ot_equals_cost_of_a_gradient_map():
     assert metrics["image_ot_backward"] == pytest.approx(metrics["cost_backward"], rel=1e-9)
 
 
-def test_image_ot_is_below_cost_of_a_reflection():
+def test_image_ot_of_reflection():
     # x -> -x sends each point across the origin, but a centred cloud and its mirror image
     # overlap, so an optimal assignment onto the same images is far cheaper.
     x = np.random.default_rng(9).normal(size=(200, 2))

@@ -79,8 +79,8 @@ def mr_scale(values: np.ndarray) -> IntensityScale:
     """Robust MR scale from the 0.5th and 99.5th percentiles of in-mask ``values``."""
     if values.size == 0:
         raise ValueError(
-            "cannot scale an MR volume with an empty mask: the mask file has no non-zero voxel, or, without a "
-            "mask file, no voxel is above zero; pass a mask that marks the head (translate --mask)"
+            "cannot scale an MR volume with an empty mask: the mask file has no voxel above zero, or, without a "
+            "mask file, no voxel passes the automatic threshold; pass a mask that marks the head (translate --mask)"
         )
     low, high = np.percentile(values, MR_PERCENTILES)
     if high <= low:

@@ -24,7 +24,7 @@ from symot_med.data.layouts import (
     read_case,
 )
 from symot_med.data.transforms import MASK_HINT, check_finite, check_same_grid, modality_kind, threshold_mask
-from symot_med.inference.translate import check_output_folder, output_name
+from symot_med.inference.translate import output_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,7 @@ def translate_jobs(inputs: list[Path], pair: Pair, direction: Direction, mask: P
     """
     modality = pair.input_modality(direction)
     if mask is not None and (len(inputs) != 1 or inputs[0].is_dir()):
-        raise ValueError(
-            "--mask applies to a single input file; for folders, each case uses its own mask file"
-        )
-    if mask is not None:
-        check_nifti(mask, MASK_HINT)
+        raise ValueError("--mask applies to a single input file; for folders, each case uses its own mask file")
 
     jobs = []
     for path in inputs:
@@ -143,13 +139,12 @@ def check_distinct_outputs(images: list[Path], input_modality: str, output_modal
         names[name] = image
 
 
-def prepare_output_folder(out_dir: Path, jobs: list[Job], input_folders: list[Path]) -> None:
-    """Check that ``out_dir`` lies outside the inputs' folders, create it and check that it is writable.
+def prepare_output_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` and check that it is writable.
 
     Raises:
-        ValueError: when ``out_dir`` is inside an input folder, is a file, or cannot be written.
+        ValueError: when ``out_dir`` is a file or cannot be written.
     """
-    check_output_folder(out_dir, [image for image, _ in jobs], input_folders)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output folder {out_dir} is a file; choose a folder name for --out")
     try:
@@ -163,18 +158,18 @@ def prepare_output_folder(out_dir: Path, jobs: list[Job], input_folders: list[Pa
         ) from None
 
 
-def translate_into(translator, jobs: list[Job], out_dir: Path, direction: Direction, input_folders: list[Path]) -> None:
+def translate_into(translator, jobs: list[Job], out_dir: Path, direction: Direction) -> None:
     """Translate every job into ``out_dir``, removing the folder again if this call created it and it stays empty.
 
     Args:
         translator: ``Translator`` or ``BaselineTranslator``, already loaded.
         jobs: from :func:`translate_jobs`.
-        out_dir: output folder, created when missing.
+        out_dir: output folder, created when missing; the caller has checked with
+            :func:`symot_med.inference.translate.check_output_folder` that it lies outside the inputs.
         direction: ``forward`` or ``inverse``.
-        input_folders: folders given as inputs, which ``out_dir`` must lie outside.
     """
     created = not out_dir.exists()
-    prepare_output_folder(out_dir, jobs, input_folders)
+    prepare_output_folder(out_dir)
     try:
         for image, mask in jobs:
             translator.translate_file(image, direction, out_dir, mask_path=mask)

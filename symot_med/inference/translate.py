@@ -141,7 +141,7 @@ def read_model_card(model_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
     card = read_json(card_path)
 
-    # Checkpoint paths are relative to the model folder; return them absolute.
+    # Cards store checkpoint paths relative to the model folder, so they are made absolute here.
     if "autoencoders" in card:
         card["autoencoders"] = {m: resolve_from_folder(path, model_dir) for m, path in card["autoencoders"].items()}
     if "autoencoder" in card:

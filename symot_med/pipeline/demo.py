@@ -81,11 +81,12 @@ class DemoSettings:
     pairs: tuple[str, ...] = ("t1t2", "ctmr")
 
     def __post_init__(self) -> None:
-        most = min(MAX_SUBJECTS.values())
-        if isinstance(self.subjects, bool) or not isinstance(self.subjects, int) or not 2 <= self.subjects <= most:
+        max_subjects = min(MAX_SUBJECTS.values())
+        valid = isinstance(self.subjects, int) and not isinstance(self.subjects, bool)
+        if not valid or not 2 <= self.subjects <= max_subjects:
             raise ValueError(
                 f"subjects (--subjects) must be an integer from 2, so that one subject is held out for testing, "
-                f"to {most}, the number of SynthRAD case ids; got {self.subjects!r}"
+                f"to {max_subjects}, the number of SynthRAD case ids; got {self.subjects!r}"
             )
         if self.autoencoders not in AUTOENCODER_LAYOUTS:
             raise ValueError(f"autoencoders must be one of {AUTOENCODER_LAYOUTS}, got {self.autoencoders!r}")

@@ -301,19 +301,19 @@ def _efficiency_section(results: ToyRunResults) -> list[str]:
         "|---|" + "---|" * len(methods),
     ]
     for pair in table_pairs(results):
-        cells = []
-        for method in methods:
-            run = runs.get((pair, method))
-            cells.append(
-                "not run" if run is None
-                else f"{_ratio(image_ot_ratio(run, 'forward'))} / {_ratio(image_ot_ratio(run, 'backward'))}"
-            )
+        cells = _method_cells(runs, pair, methods, _image_ot_cell)
         lines.append(f"| {get_pair(pair).title} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _ratio(value: float) -> str:
-    return f"{value:.4f}" if math.isfinite(value) else "-"
+def _image_ot_cell(run: dict) -> str:
+    forward, backward = image_ot_ratio(run, "forward"), image_ot_ratio(run, "backward")
+    return " / ".join(f"{value:.4f}" if math.isfinite(value) else "-" for value in (forward, backward))
+
+
+def _method_cells(runs: dict[tuple[str, str], dict], pair: str, methods, cell) -> list[str]:
+    """Return one table cell per method for ``pair``: ``cell(run)``, or "not run" where the method was left out."""
+    return ["not run" if (pair, method) not in runs else cell(runs[(pair, method)]) for method in methods]
 
 
 def _table_section(results: ToyRunResults, title: str, methods: tuple[str, ...], link: str) -> list[str]:
@@ -342,13 +342,10 @@ def _table_section(results: ToyRunResults, title: str, methods: tuple[str, ...],
     for pair in table_pairs(results):
         reference = results.references[pair]
         floors = f"{_number(reference['floor_forward']['mean'])} / {_number(reference['floor_backward']['mean'])}"
-        cells = []
-        for method in present:
-            run = runs.get((pair, method))
-            cells.append(
-                "not run" if run is None
-                else f"{_number(run['metrics']['mmd_forward'])} / {_number(run['metrics']['mmd_backward'])}"
-            )
+        cells = _method_cells(
+            runs, pair, present,
+            lambda run: f"{_number(run['metrics']['mmd_forward'])} / {_number(run['metrics']['mmd_backward'])}",
+        )
         lines.append(f"| {get_pair(pair).title} | {floors} | " + " | ".join(cells) + " |")
 
     lines += ["", "The SyMOT-Flow paper's published values (other data and an unstated kernel, so compare orderings, not values):", ""]
