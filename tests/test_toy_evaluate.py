@@ -10,6 +10,14 @@ import pytest
 import torch
 
 from symot_med.losses import mmd2
+from symot_med.toy.datasets import (
+    GAUSS_SOURCE_COV,
+    GAUSS_SOURCE_MEAN,
+    GAUSS_TARGET_COV,
+    GAUSS_TARGET_MEAN,
+    draw,
+    gaussian_w2_squared,
+)
 from symot_med.toy.evaluate import (
     REPORT_SCALES,
     ExactOTError,
@@ -18,6 +26,8 @@ from symot_med.toy.evaluate import (
     mean_transport_cost,
     mmd_noise_floor,
     report_mmd2,
+    transport_cost_standard_error,
+    w2_estimate,
 )
 from symot_med.toy.methods import METHODS, method_loss, needs_inverse, sliced_wasserstein2
 
@@ -100,6 +110,20 @@ def test_noise_floor_is_small_and_reproducible():
     assert 0 < first["mean"] < shifted
 
 
+def test_w2_estimate_near_gaussian_closed_form():
+    closed_form = gaussian_w2_squared(GAUSS_SOURCE_MEAN, GAUSS_SOURCE_COV, GAUSS_TARGET_MEAN, GAUSS_TARGET_COV)
+    training_ot = exact_ot_cost(draw("gauss-gauss", "source", 400, 0), draw("gauss-gauss", "target", 400, 0))
+
+    estimate = w2_estimate("gauss-gauss", 400, seed=0, repeats=4)
+
+    assert estimate["mean"] == pytest.approx(closed_form, rel=0.05)
+    assert 0 < estimate["std"] < 0.05 * closed_form
+    assert (estimate["repeats"], estimate["points"]) == (4, 400)
+    assert w2_estimate("gauss-gauss", 400, seed=0, repeats=4) == estimate
+    # The draws are not the training sets of the same seed.
+    assert w2_estimate("gauss-gauss", 400, seed=0, repeats=1)["mean"] != training_ot
+
+
 def test_evaluate_map_of_translation():
     x = np.random.default_rng(7).normal(size=(40, 2))
     z = x + [3.0, 4.0]
@@ -111,6 +135,18 @@ def test_evaluate_map_of_translation():
     assert metrics["mmd_forward"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["mmd_backward"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["image_ot_forward"] == pytest.approx(25.0)
+    assert metrics["cost_forward_se"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_transport_cost_standard_error():
+    a = np.zeros((3, 2))
+    b = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])  # per-point costs 1, 4, 9
+
+    standard_error = transport_cost_standard_error(a, b)
+
+    # Sample variance ((1 - 14/3)^2 + (4 - 14/3)^2 + (9 - 14/3)^2) / 2 = 49/3, over N = 3 points.
+    assert standard_error == pytest.approx(math.sqrt(49 / 3 / 3))
+    assert transport_cost_standard_error(a[:1], b[:1]) == 0.0
 
 
 def test_image_ot_of_gradient_map():

@@ -184,6 +184,57 @@ def test_page_explains_misses_against_maps_short_of_target(tmp_path):
     assert "In 1 of the misses the rival's map has MMD^2 above 3x the noise floor (8.0x)" in page
 
 
+def _results_with_cheaper_swot() -> ToyRunResults:
+    """Return fake results where SWOT-Flow's forward map is cheaper than SyMOT-Flow's but 8x the floor."""
+    results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
+    results.runs[2]["metrics"].update(cost_forward=0.9, mmd_forward=0.08)
+    return results
+
+
+def _sweep_run(beta: float, cost: float, mmd: float) -> dict:
+    metrics = {"cost_forward": cost, "cost_backward": cost, "mmd_forward": mmd, "mmd_backward": mmd}
+    return {"pair": "8gauss-8gauss", "method": "symot", "beta": beta, "metrics": metrics}
+
+
+def test_page_notes_rival_below_w2_estimate(tmp_path):
+    results = _results_with_cheaper_swot()
+    results.references["8gauss-8gauss"]["w2_estimate"] = {"mean": 0.95, "std": 0.004, "repeats": 4, "points": 256}
+    results.runs[2]["metrics"]["cost_forward_se"] = 0.01
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    # (1 - 0.9 / 0.95) = 5.3 %
+    assert (
+        "- 8 Gauss to 8 Gauss, forward, against SWOT-Flow: SWOT-Flow's cost 0.9 (standard error 0.01 over its "
+        "64 points) lies 5.3 % below the W2^2 "
+        "estimate 0.95 (standard deviation 4.00e-03 over 4 draw pairs). A map that carries the points onto the "
+        "target costs W2^2(p, q) or more on average."
+    ) in page
+    assert "| 8 Gauss to 8 Gauss | 1 | 0.95 |" in page
+    assert "over 4 pairs of independent draws of 256 points" in page
+
+
+def test_page_notes_sweep_map_closer_and_cheaper(tmp_path):
+    results = _results_with_cheaper_swot()
+    results.sweep_config = replace(TINY, steps=2)
+    # Floor 0.01: beta 0.1 is at 9x the floor (further than SWOT-Flow's 8x), beta 0.05 at 6x and
+    # cheaper, beta 0.01 at 3x but more expensive than SWOT-Flow's 0.9.
+    results.sweep = [_sweep_run(0.01, 0.99, 0.03), _sweep_run(0.05, 0.85, 0.06), _sweep_run(0.1, 0.7, 0.09)]
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert (
+        "In the beta sweep, SyMOT-Flow with beta 0.05 ends closer to the target than SWOT-Flow "
+        "(MMD^2 6.0x the floor against 8.0x) and costs less (0.85 against 0.9), with 2 steps."
+    ) in page
+    assert "below the W2^2 estimate" not in page  # no estimate in these references
+
+    results.sweep = [_sweep_run(0.01, 0.99, 0.03), _sweep_run(0.1, 0.7, 0.09)]
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert "No beta of the sweep gives a SyMOT-Flow map that is both closer to the target and cheaper." in page
+
+
 def test_page_leaves_out_runs_not_made(tmp_path):
     results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
     results.runs = results.runs[:1]  # SyMOT-Flow only
@@ -277,6 +328,9 @@ def test_toy_command_writes_page_and_files(tmp_path):
     )
     document = json.loads((out / "results.json").read_text())
     assert [run["method"] for run in document["runs"]] == ["symot", "single-mmd"]
+    assert document["references"]["gauss-gauss"]["w2_estimate"]["points"] == 400
+    assert "On Gauss to Gauss, where W2^2 has a closed form, the estimate is" in page
+    assert "closed form 32.38." in page
     assert document["sweep"] == []
     for name in ("runs.csv", "gauss-gauss.png"):
         assert (out / name).stat().st_size > 0, name

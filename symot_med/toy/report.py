@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from symot_med import __version__
-from symot_med.toy.datasets import draw, get_pair
+from symot_med.toy.datasets import (
+    GAUSS_SOURCE_COV,
+    GAUSS_SOURCE_MEAN,
+    GAUSS_TARGET_COV,
+    GAUSS_TARGET_MEAN,
+    draw,
+    gaussian_w2_squared,
+    get_pair,
+)
 from symot_med.toy.evaluate import REPORT_BANDWIDTH, REPORT_SCALES
 from symot_med.toy.figures import plot_beta_sweep, plot_pair_maps
 from symot_med.toy.methods import METHOD_TITLES
@@ -179,7 +187,7 @@ def render_page(
     if timing_note:
         lines.append(f"- Run time: {timing_note}")
     lines += ["", "## Acceptance criteria", ""]
-    lines += _criteria_section(checks)
+    lines += _criteria_section(results, checks)
     lines += _table_section(results, "Table 1: SWOT-Flow, single MMD and SyMOT-Flow", TABLE1_METHODS, link)
     lines += _table_section(results, "Table 4: one direction and SyMOT-Flow", TABLE4_METHODS, link)
     lines += _efficiency_section(results)
@@ -221,6 +229,7 @@ def _setup_section(results: ToyRunResults) -> list[str]:
         "length units. Forward: MMD^2(T(x), z); backward: MMD^2(T^-1(z), x).",
         "- Exact OT: `ot.emd2` on the two training sets with uniform weights and `M = ot.dist(x, z)`; "
         "the run fails if POT reports that it stopped before the optimum.",
+        *_w2_setup(results),
         "- Noise floor: the same MMD^2 between two independent draws of the target distribution "
         f"(q forward, p backward) of {results.n_points} points, mean of "
         f"{floor_repeats} draw pairs.",
@@ -229,6 +238,31 @@ def _setup_section(results: ToyRunResults) -> list[str]:
         "",
         *_betas_table(results),
     ]
+
+
+def _w2_setup(results: ToyRunResults) -> list[str]:
+    """Return the setup line on the W2^2(p, q) estimate, or nothing for references without one."""
+    estimates = [reference["w2_estimate"] for reference in results.references.values() if "w2_estimate" in reference]
+    if not estimates:
+        return []
+    return [
+        f"- W2^2 estimate: mean `ot.emd2` cost over {estimates[0]['repeats']} pairs of independent draws of "
+        f"{estimates[0]['points']} points of p and q (not the training sets). W2^2(p, q) is the least mean cost "
+        "E|x - T(x)|^2 of any map T that carries p onto q. The OT cost between finite draws lies above it on "
+        "average and approaches it as the draws grow." + _gauss_closed_form(results)
+    ]
+
+
+def _gauss_closed_form(results: ToyRunResults) -> str:
+    """Return a sentence comparing the Gauss to Gauss estimate with the closed form, or "" without that pair."""
+    estimate = results.references.get("gauss-gauss", {}).get("w2_estimate")
+    if not estimate:
+        return ""
+    closed_form = gaussian_w2_squared(GAUSS_SOURCE_MEAN, GAUSS_SOURCE_COV, GAUSS_TARGET_MEAN, GAUSS_TARGET_COV)
+    return (
+        f" On Gauss to Gauss, where W2^2 has a closed form, the estimate is {_number(estimate['mean'])} and the "
+        f"closed form {_number(closed_form)}."
+    )
 
 
 def _sweep_budget(results: ToyRunResults) -> str:
@@ -249,7 +283,7 @@ def _base_bandwidth(config) -> str:
     return "the median pairwise distance of each term's pooled batch"
 
 
-def _criteria_section(checks: list[Check]) -> list[str]:
+def _criteria_section(results: ToyRunResults, checks: list[Check]) -> list[str]:
     lines = [
         "| criterion | pair | direction | result | numbers |",
         "|---|---|---|---|---|",
@@ -273,7 +307,71 @@ def _criteria_section(checks: list[Check]) -> list[str]:
             "How efficiently each map reaches its own images is in the section \"Cost against the points each "
             "map reaches\" below.",
         ]
+    notes = [_miss_note(results, check) for check in checks if check.passed is False]
+    notes = [note for note in notes if note]
+    if notes:
+        lines += ["", "What else the run says about each miss against a rival:", ""] + notes
     return lines
+
+
+def _miss_note(results: ToyRunResults, check: Check) -> str:
+    """Return a bullet on one missed cost check against a rival: the W2^2 estimate and the sweep at equal MMD.
+
+    Returns "" for other checks and where neither applies.
+    """
+    rival = next((method for method in ("single-mmd", "swot") if check.criterion == f"cost below {METHOD_TITLES[method]}"), None)
+    if rival is None:
+        return ""
+    reference = results.references[check.pair]
+    name, rival_cost, direction = METHOD_TITLES[rival], check.threshold, check.direction
+    rival_metrics = _runs_by_key(results)[(check.pair, rival)]["metrics"]
+    sentences = []
+
+    estimate = reference.get("w2_estimate")
+    if estimate and rival_cost < estimate["mean"]:
+        standard_error = rival_metrics.get(f"cost_{direction}_se")
+        spread = (
+            f" (standard error {_number(standard_error)} over its {results.n_points} points)"
+            if standard_error is not None else ""
+        )
+        sentences.append(
+            f"{name}'s cost {_number(rival_cost)}{spread} lies {100 * (1 - rival_cost / estimate['mean']):.1f} % below "
+            f"the W2^2 estimate {_number(estimate['mean'])} (standard deviation {_number(estimate['std'])} over "
+            f"{estimate['repeats']} draw pairs). A map that carries the points onto the target costs W2^2(p, q) "
+            "or more on average."
+        )
+
+    floor = reference[f"floor_{direction}"]["mean"]
+    sweep = [run for run in results.sweep if run["pair"] == check.pair and run["method"] == "symot"]
+    closer_and_cheaper = [
+        run for run in sweep
+        if run["metrics"][f"mmd_{direction}"] / floor <= check.rival_mmd_ratio
+        and run["metrics"][f"cost_{direction}"] < rival_cost
+    ]
+    if closer_and_cheaper:
+        best = min(closer_and_cheaper, key=lambda run: run["metrics"][f"mmd_{direction}"])
+        sentences.append(
+            f"In the beta sweep, SyMOT-Flow with beta {best['beta']:g} ends closer to the target than {name} "
+            f"(MMD^2 {best['metrics'][f'mmd_{direction}'] / floor:.1f}x the floor against "
+            f"{check.rival_mmd_ratio:.1f}x) and costs less ({_number(best['metrics'][f'cost_{direction}'])} "
+            f"against {_number(rival_cost)}), with {_sweep_steps(results)} steps."
+        )
+    elif sweep:
+        sentences.append("No beta of the sweep gives a SyMOT-Flow map that is both closer to the target and cheaper.")
+
+    if not sentences:
+        return ""
+    return f"- {get_pair(check.pair).title}, {direction}, against {name}: " + " ".join(sentences)
+
+
+def _sweep_steps(results: ToyRunResults) -> int:
+    config = results.sweep_config or results.config
+    return config.steps
+
+
+def w2_estimate_mean(reference: dict) -> float:
+    """Return a pair's W2^2(p, q) estimate from :func:`reference_values`, or nan where it was not computed."""
+    return reference.get("w2_estimate", {}).get("mean", math.nan)
 
 
 def image_ot_ratio(run: dict, direction: str) -> float:
@@ -323,10 +421,10 @@ def _table_section(results: ToyRunResults, title: str, methods: tuple[str, ...],
         return []
     names = [METHOD_TITLES[method] for method in present]
     lines = ["", f"## {title}", "", "Ours. Transport cost as forward / backward, with the ratio to the exact OT cost in brackets:", ""]
-    lines += ["| pair | exact OT | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(present)]
+    lines += ["| pair | exact OT | W2^2 estimate | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(present)]
     for pair in table_pairs(results):
         reference = results.references[pair]
-        cells = []
+        cells = [_number(w2_estimate_mean(reference))]
         for method in present:
             run = runs.get((pair, method))
             if run is None:
@@ -434,7 +532,7 @@ def _write_runs_csv(results: ToyRunResults, path: Path) -> Path:
         writer.writerow([
             "pair", "method", "beta", "cost_forward", "cost_backward", "exact_ot", "ratio_forward",
             "ratio_backward", "mmd_forward", "mmd_backward", "floor_forward", "floor_backward",
-            "image_ot_forward", "image_ot_backward", "train_seconds",
+            "image_ot_forward", "image_ot_backward", "w2_estimate", "train_seconds",
         ])
         for run in results.runs:
             reference = results.references[run["pair"]]
@@ -445,7 +543,7 @@ def _write_runs_csv(results: ToyRunResults, path: Path) -> Path:
                 metrics["cost_backward"] / reference["exact_ot"], metrics["mmd_forward"], metrics["mmd_backward"],
                 reference["floor_forward"]["mean"], reference["floor_backward"]["mean"],
                 metrics.get("image_ot_forward", math.nan), metrics.get("image_ot_backward", math.nan),
-                round(run["seconds"], 1),
+                w2_estimate_mean(reference), round(run["seconds"], 1),
             ])
     return path
 
