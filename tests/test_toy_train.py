@@ -16,6 +16,7 @@ from symot_med.toy.datasets import draw
 from symot_med.toy.evaluate import report_mmd2
 from symot_med.toy.methods import METHODS
 from symot_med.toy.report import check_criteria, render_page, write_outputs
+from symot_med.toy import run as toy_run
 from symot_med.toy.run import ToyRunResults, plan_jobs, run_toy
 from symot_med.toy.train import ToyTrainConfig, apply_flow, learning_rate, train_toy_flow
 
@@ -289,6 +290,16 @@ def test_run_toy_sweep_with_its_own_budget():
     # History steps count from 0.
     assert [run["history"][-1]["step"] for run in results.runs + results.sweep] == [3, 1]
     assert not np.array_equal(results.sweep[0]["t_x"], results.runs[0]["t_x"])
+
+
+def test_reference_w2_draws_capped(monkeypatch):
+    monkeypatch.setattr(toy_run, "W2_DRAW_MAX_POINTS", 100)
+
+    capped = toy_run.reference_values("gauss-gauss", 64, data_seed=0, floor_repeats=1)
+    uncapped = toy_run.reference_values("gauss-gauss", 40, data_seed=0, floor_repeats=1)
+
+    assert capped["w2_estimate"]["points"] == 100
+    assert uncapped["w2_estimate"]["points"] == 80
 
 
 def test_run_toy_rejects_two_table_budgets():
