@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -182,7 +183,10 @@ def test_page_explains_misses_against_maps_short_of_target(tmp_path):
     missed = [check for check in checks if check.passed is False]
     assert [(check.criterion, check.direction) for check in missed] == [("cost below SWOT-Flow", "forward")]
     assert missed[0].rival_mmd_ratio == pytest.approx(8.0)
-    assert "In 1 of the misses the rival's map has MMD^2 above 3x the noise floor (8.0x)" in page
+    assert (
+        "In 1 of the misses the rival's map has MMD^2 above 3x the noise floor and above SyMOT-Flow's "
+        "(8.0x against 2.0x)"
+    ) in page
 
 
 def _results_with_cheaper_swot() -> ToyRunResults:
@@ -204,20 +208,33 @@ def test_page_notes_rival_below_w2_estimate(tmp_path):
 
     page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
 
-    # (1 - 0.9 / 0.95) = 5.3 %
+    # (1 - 0.9 / 0.95) = 5.3 %; the estimate's standard error is 0.004 / sqrt(4) = 0.002, and the
+    # difference's is hypot(0.01, 0.002) = 0.0102, so the gap 0.05 is 4.9 standard errors.
     assert (
-        "- 8 Gauss to 8 Gauss, forward, against SWOT-Flow: SWOT-Flow's cost 0.9 (standard error 0.01 over its "
-        "64 points) lies 5.3 % below the W2^2 "
-        "estimate 0.95 (standard deviation 4.00e-03 over 4 draw pairs). A map that carries the points onto the "
-        "target costs W2^2(p, q) or more on average."
+        "- 8 Gauss to 8 Gauss, forward, against SWOT-Flow: SWOT-Flow's cost 0.9 lies 5.3 % below the W2^2 "
+        "estimate 0.95, 5 times the standard error of their difference (standard error 0.01 of the cost over its "
+        "64 points, 2.00e-03 of the estimate). A map that carries the points onto the target costs W2^2(p, q) or "
+        "more on average. The exact OT cost between the training sets is 1, 5.3 % above the estimate."
     ) in page
+    assert "| 8 Gauss to 8 Gauss | SWOT-Flow | forward | 0.9 | 0.95 | 5.3 % | 4.9 | 8.0x |" in page
     assert "| 8 Gauss to 8 Gauss | 1 | 0.95 |" in page
     assert "over 4 pairs of independent draws of 256 points" in page
 
 
+def test_page_skips_w2_note_within_noise(tmp_path):
+    results = _results_with_cheaper_swot()
+    results.references["8gauss-8gauss"]["w2_estimate"] = {"mean": 0.95, "std": 0.004, "repeats": 4, "points": 256}
+    results.runs[2]["metrics"]["cost_forward_se"] = 0.03  # the gap 0.05 is 1.7 standard errors
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert "below the W2^2 estimate 0.95" not in page
+    assert "No map's cost lies that far below the estimate." in page
+
+
 def test_page_notes_sweep_map_closer_and_cheaper(tmp_path):
     results = _results_with_cheaper_swot()
-    results.sweep_config = replace(TINY, steps=2)
+    results.sweep_config = replace(TINY, steps=2, batch_size=8)
     # Floor 0.01: beta 0.1 is at 9x the floor (further than SWOT-Flow's 8x), beta 0.05 at 6x and
     # cheaper, beta 0.01 at 3x but more expensive than SWOT-Flow's 0.9.
     results.sweep = [_sweep_run(0.01, 0.99, 0.03), _sweep_run(0.05, 0.85, 0.06), _sweep_run(0.1, 0.7, 0.09)]
@@ -233,7 +250,22 @@ def test_page_notes_sweep_map_closer_and_cheaper(tmp_path):
     results.sweep = [_sweep_run(0.01, 0.99, 0.03), _sweep_run(0.1, 0.7, 0.09)]
     page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
 
-    assert "No beta of the sweep gives a SyMOT-Flow map that is both closer to the target and cheaper." in page
+    assert "No beta of the sweep gives a SyMOT-Flow map that is both closer to the target and cheaper, with 2 steps." in page
+    assert "differ only in steps 2 and batch size 8." in page
+    assert "| paper OT | paper MMD |" in page
+
+
+def test_sweep_other_pair_no_paper_columns(tmp_path):
+    results = _fake_results(symot_cost=1.0, rival_cost=1.5, symot_mmd=0.02)
+    floor = {"mean": 0.01, "std": 0.0, "repeats": 1}
+    results.references["gauss-gauss"] = {"exact_ot": 2.0, "floor_forward": floor, "floor_backward": floor}
+    results.sweep = [dict(_sweep_run(0.01, 2.1, 0.03), pair="gauss-gauss")]
+
+    page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
+
+    assert "## Beta sweep (Table 2 and Fig. 4), SyMOT-Flow on Gauss to Gauss" in page
+    assert "paper OT" not in page
+    assert "| 0.01 | 2.1 / 2.1 | 0.03 / 0.03 | 0.102 |" in page
 
 
 def test_page_leaves_out_runs_not_made(tmp_path):
@@ -345,6 +377,31 @@ def test_toy_command_writes_page_and_files(tmp_path):
     assert document["sweep"] == []
     for name in ("runs.csv", "gauss-gauss.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--sweep-pair", "gauss-gauss"], "--sweep-pair applies to the beta sweep only"),
+        (["--pairs", "gauss-gauss", "gauss-gauss"], "--pairs repeats gauss-gauss; list each once."),
+        (["--methods", "swot", "symot", "swot"], "--methods repeats swot; list each once."),
+        (["--seed", "-1"], "--seed must be between 0 and 2^32 - 1, got -1."),
+    ],
+)
+def test_toy_command_rejects_bad_options(tmp_path, arguments, message):
+    out = tmp_path / "toy"
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        main(["toy", "--out", str(out), "--steps", "2", *arguments, "--debug"])
+
+    assert not out.exists()
+
+
+def test_toy_command_rejects_empty_out(capsys):
+    with pytest.raises(SystemExit):
+        main(["toy", "--out", ""])
+
+    assert "must not be empty" in capsys.readouterr().err
 
 
 def test_toy_command_rejects_sweep_steps_alone(tmp_path):

@@ -38,12 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "tables, figures and a markdown page."
         ),
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"folder of the CSV, JSON and PNG files (default: {DEFAULT_OUT})")
-    parser.add_argument("--page", type=Path, default=None, help="markdown page to write (default: the --out folder name plus .md)")
+    parser.add_argument("--out", type=_path_option, default=DEFAULT_OUT, help=f"folder of the CSV, JSON and PNG files (default: {DEFAULT_OUT})")
+    parser.add_argument("--page", type=_path_option, default=None, help="markdown page to write (default: the --out folder name plus .md)")
     parser.add_argument("--pairs", nargs="+", choices=PAIR_NAMES, default=list(PAIR_NAMES), help="toy pairs to run (default: all four)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to train (default: all four)")
     parser.add_argument("--beta-sweep", action="store_true", help="also train SyMOT-Flow for each beta from 1e-5 to 10 on --sweep-pair")
-    parser.add_argument("--sweep-pair", choices=PAIR_NAMES, default=DEFAULT_SWEEP_PAIR, help=f"pair of the beta sweep (default: {DEFAULT_SWEEP_PAIR})")
+    parser.add_argument("--sweep-pair", choices=PAIR_NAMES, default=None, help=f"pair of the beta sweep (default: {DEFAULT_SWEEP_PAIR})")
     parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default: {ToyTrainConfig.steps})")
     parser.add_argument("--sweep-steps", type=int, default=None, help="optimiser steps per beta sweep run (default: half of --steps)")
     parser.add_argument("--n-points", type=int, default=DEFAULT_N_POINTS, help=f"points per side (default: {DEFAULT_N_POINTS})")
@@ -53,12 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_toy_command)
 
 
+def _path_option(text: str) -> Path:
+    """Return ``text`` as a path; an empty string, which pathlib reads as the current folder, is rejected."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty; give a path, or '.' for the current folder")
+    return Path(text)
+
+
 def run_toy_command(args: argparse.Namespace) -> int:
     """Run the toy comparison described by the parsed ``args`` and write its outputs."""
     from dataclasses import replace
 
     from symot_med.toy.report import write_outputs
-    from symot_med.toy.run import job_key, plan_jobs, run_toy, sweep_budget, with_steps
+    from symot_med.toy.run import DEFAULT_SWEEP_PAIR, job_key, plan_jobs, run_toy, sweep_budget, with_steps
     from symot_med.toy.train import ToyTrainConfig
 
     if args.workers < 1:
@@ -66,8 +73,15 @@ def run_toy_command(args: argparse.Namespace) -> int:
     for option, value in (("--steps", args.steps), ("--sweep-steps", args.sweep_steps)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be at least 1, got {value}.")
-    if args.sweep_steps is not None and not args.beta_sweep:
-        raise ValueError("--sweep-steps applies to the beta sweep only; add --beta-sweep or leave it out.")
+    for option, value in (("--sweep-steps", args.sweep_steps), ("--sweep-pair", args.sweep_pair)):
+        if value is not None and not args.beta_sweep:
+            raise ValueError(f"{option} applies to the beta sweep only; add --beta-sweep or leave it out.")
+    for option, values in (("--pairs", args.pairs), ("--methods", args.methods)):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{option} repeats {', '.join(repeated)}; list each once.")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be between 0 and 2^32 - 1, got {args.seed}.")
     config = with_steps(replace(ToyTrainConfig(), seed=args.seed), args.steps)
     if args.n_points < config.batch_size:
         raise ValueError(f"--n-points must be at least the batch size {config.batch_size}, got {args.n_points}.")
@@ -79,7 +93,7 @@ def run_toy_command(args: argparse.Namespace) -> int:
 
     jobs = plan_jobs(
         args.pairs, args.methods, config, n_points=args.n_points, data_seed=args.seed,
-        sweep_pair=args.sweep_pair if args.beta_sweep else None, sweep_config=sweep_config,
+        sweep_pair=(args.sweep_pair or DEFAULT_SWEEP_PAIR) if args.beta_sweep else None, sweep_config=sweep_config,
     )
     start = time.perf_counter()
     cpu_start = _children_cpu_seconds() + time.process_time()
@@ -88,7 +102,7 @@ def run_toy_command(args: argparse.Namespace) -> int:
     distinct_runs = len({job_key(job) for job in jobs})
     timing = (
         f"{time.perf_counter() - start:.0f} s wall clock and {cpu_seconds:.0f} s CPU time (all processes) for "
-        f"{distinct_runs} training runs with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
+        f"{distinct_runs} training run{'' if distinct_runs == 1 else 's'} with {args.workers} worker(s) on {os.cpu_count()} logical CPU(s) "
         f"({platform.machine()}), 1-minute load average {os.getloadavg()[0]:.1f} at the end. "
         "On a shared machine the wall time is an upper bound; benchmarks/README.md has the timing record."
     )
@@ -147,7 +161,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--methods", *args.methods]
     if args.beta_sweep:
         parts.append("--beta-sweep")
-        if args.sweep_pair != DEFAULT_SWEEP_PAIR:
+        if args.sweep_pair not in (None, DEFAULT_SWEEP_PAIR):
             parts += ["--sweep-pair", args.sweep_pair]
     if args.steps is not None:
         parts += ["--steps", str(args.steps)]

@@ -15,7 +15,7 @@ Reported quantities, all on the 2000-point training sets x ~ p and z ~ q:
 - the MMD noise floor: the same MMD^2 between two independent draws of the target
   distribution of the same size, which a perfect map would reach on average;
 - an estimate of W2^2(p, q), the least mean cost E|x - T(x)|^2 of any map T that carries p
-  onto q: the exact OT cost between larger independent draws of p and q.
+  onto q: the mean exact OT cost between independent draws of p and q.
 """
 
 from __future__ import annotations
