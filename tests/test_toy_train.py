@@ -277,6 +277,7 @@ def test_page_leaves_out_runs_not_made(tmp_path):
     checks = check_criteria(results)
     page = render_page(results, checks, "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
 
+    assert "## Table 4" not in page
     assert {check.pair for check in checks} == {"8gauss-8gauss"}
     not_run = [check.detail for check in checks if check.passed is None]
     assert set(not_run) == {"single MMD not run", "SWOT-Flow not run"}
@@ -386,6 +387,7 @@ def test_toy_command_writes_page_and_files(tmp_path):
         (["--pairs", "gauss-gauss", "gauss-gauss"], "--pairs repeats gauss-gauss; list each once."),
         (["--methods", "swot", "symot", "swot"], "--methods repeats swot; list each once."),
         (["--seed", "-1"], "--seed must be between 0 and 2^32 - 1, got -1."),
+        (["--n-points", "20000"], "--n-points must be at most 10000, got 20000"),
     ],
 )
 def test_toy_command_rejects_bad_options(tmp_path, arguments, message):

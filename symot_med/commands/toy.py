@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("docs/results/toy")
 
+# Largest --n-points. POT's exact OT of 8000 points per side peaked at 3 GB and 15 s here, and
+# a run solves several such problems at once, one per worker.
+MAX_N_POINTS = 10_000
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``toy`` parser."""
@@ -46,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep-pair", choices=PAIR_NAMES, default=None, help=f"pair of the beta sweep (default: {DEFAULT_SWEEP_PAIR})")
     parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default: {ToyTrainConfig.steps})")
     parser.add_argument("--sweep-steps", type=int, default=None, help="optimiser steps per beta sweep run (default: half of --steps)")
-    parser.add_argument("--n-points", type=int, default=DEFAULT_N_POINTS, help=f"points per side (default: {DEFAULT_N_POINTS})")
+    parser.add_argument("--n-points", type=int, default=DEFAULT_N_POINTS, help=f"points per side, at most {MAX_N_POINTS} (default: {DEFAULT_N_POINTS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of the training (default: 0)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each (default: 2)")
     add_common_options(parser)
@@ -85,6 +89,11 @@ def run_toy_command(args: argparse.Namespace) -> int:
     config = with_steps(replace(ToyTrainConfig(), seed=args.seed), args.steps)
     if args.n_points < config.batch_size:
         raise ValueError(f"--n-points must be at least the batch size {config.batch_size}, got {args.n_points}.")
+    if args.n_points > MAX_N_POINTS:
+        raise ValueError(
+            f"--n-points must be at most {MAX_N_POINTS}, got {args.n_points}: the exact OT of the training sets and "
+            f"of each map's images needs memory that grows as n^2 (about 3 GB at 8000 points); use fewer points."
+        )
     sweep_config = sweep_budget(config) if args.sweep_steps is None else with_steps(config, args.sweep_steps)
     out_dir = args.out if args.out.name else args.out.resolve()  # "." has no name to derive the page from
     page = args.page if args.page is not None else out_dir.with_name(out_dir.name + ".md")

@@ -195,7 +195,8 @@ def render_page(
     lines += ["", "## Acceptance criteria", ""]
     lines += _criteria_section(results, checks)
     lines += _table_section(results, "Table 1: SWOT-Flow, single MMD and SyMOT-Flow", TABLE1_METHODS, link)
-    lines += _table_section(results, "Table 4: one direction and SyMOT-Flow", TABLE4_METHODS, link)
+    if any(run["method"] == "one-direction" for run in results.runs):  # otherwise it repeats Table 1's SyMOT-Flow column
+        lines += _table_section(results, "Table 4: one direction and SyMOT-Flow", TABLE4_METHODS, link)
     lines += _efficiency_section(results)
     lines += _below_w2_section(results)
     if results.sweep:
