@@ -208,13 +208,13 @@ def test_page_notes_rival_below_w2_estimate(tmp_path):
 
     page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
 
-    # (1 - 0.9 / 0.95) = 5.3 %; the estimate's standard error is 0.004 / sqrt(4) = 0.002, and the
-    # difference's is hypot(0.01, 0.002) = 0.0102, so the gap 0.05 is 4.9 standard errors.
+    # 1 - 0.9 / 0.95 = 5.3 %. The estimate's standard error is 0.004 / sqrt(4) = 0.002, and the
+    # gap's is hypot(0.01, 0.002) = 0.0102, so the gap of 0.05 is 4.9 standard errors.
     assert (
         "- 8 Gauss to 8 Gauss, forward, against SWOT-Flow: SWOT-Flow's cost 0.9 lies 5.3 % below the W2^2 "
-        "estimate 0.95, 5 times the standard error of their difference (standard error 0.01 of the cost over its "
-        "64 points, 2.00e-03 of the estimate). A map that carries the points onto the target costs W2^2(p, q) or "
-        "more on average. The exact OT cost between the training sets is 1, 5.3 % above the estimate."
+        "estimate 0.95. The gap is 5 times its standard error, which combines 0.01 for the cost over the map's "
+        "64 points and 2.00e-03 for the estimate. A map that carries the points onto the target costs W2^2(p, q) "
+        "or more on average. The exact OT cost between the training sets is 1, 5.3 % above the estimate."
     ) in page
     assert "| 8 Gauss to 8 Gauss | SWOT-Flow | forward | 0.9 | 0.95 | 5.3 % | 4.9 | 8.0x |" in page
     assert "| 8 Gauss to 8 Gauss | 1 | 0.95 |" in page
@@ -224,7 +224,7 @@ def test_page_notes_rival_below_w2_estimate(tmp_path):
 def test_page_skips_w2_note_within_noise(tmp_path):
     results = _results_with_cheaper_swot()
     results.references["8gauss-8gauss"]["w2_estimate"] = {"mean": 0.95, "std": 0.004, "repeats": 4, "points": 256}
-    results.runs[2]["metrics"]["cost_forward_se"] = 0.03  # the gap 0.05 is 1.7 standard errors
+    results.runs[2]["metrics"]["cost_forward_se"] = 0.03  # so the gap of 0.05 is 1.7 standard errors
 
     page = render_page(results, check_criteria(results), "symot-med toy", tmp_path / "toy", tmp_path / "toy.md")
 

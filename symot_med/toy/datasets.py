@@ -243,6 +243,11 @@ def gaussian_w2_squared(
     return float(np.sum((mean_a - mean_b) ** 2) + bures)
 
 
+def gauss_pair_w2_squared() -> float:
+    """Return W2^2 between the two Gaussians of the "gauss-gauss" pair, in squared length units."""
+    return gaussian_w2_squared(GAUSS_SOURCE_MEAN, GAUSS_SOURCE_COV, GAUSS_TARGET_MEAN, GAUSS_TARGET_COV)
+
+
 def _sqrtm_spd(matrix: np.ndarray) -> np.ndarray:
     """Return the symmetric square root of a symmetric positive semi-definite matrix."""
     values, vectors = np.linalg.eigh(matrix)

@@ -21,15 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from symot_med import __version__
-from symot_med.toy.datasets import (
-    GAUSS_SOURCE_COV,
-    GAUSS_SOURCE_MEAN,
-    GAUSS_TARGET_COV,
-    GAUSS_TARGET_MEAN,
-    draw,
-    gaussian_w2_squared,
-    get_pair,
-)
+from symot_med.toy.datasets import draw, gauss_pair_w2_squared, get_pair
 from symot_med.toy.evaluate import REPORT_BANDWIDTH, REPORT_SCALES
 from symot_med.toy.figures import plot_beta_sweep, plot_pair_maps
 from symot_med.toy.methods import METHOD_TITLES
@@ -47,6 +39,8 @@ W2_SIGNIFICANCE = 3.0
 TABLE1_METHODS = ("swot", "single-mmd", "symot")
 # The pair whose rows the SyMOT-Flow paper's unnamed beta sweep (Table 2) matches.
 PAPER_SWEEP_PAIR = "8gauss-8gauss"
+# Cost criteria of the acceptance checks, and the rival each compares SyMOT-Flow with.
+RIVAL_BY_CRITERION = {f"cost below {METHOD_TITLES[method]}": method for method in ("single-mmd", "swot")}
 TABLE4_METHODS = ("one-direction", "symot")
 EFFICIENCY_METHODS = ("swot", "single-mmd", "one-direction", "symot")
 
@@ -266,10 +260,9 @@ def _gauss_closed_form(results: ToyRunResults) -> str:
     estimate = results.references.get("gauss-gauss", {}).get("w2_estimate")
     if not estimate:
         return ""
-    closed_form = gaussian_w2_squared(GAUSS_SOURCE_MEAN, GAUSS_SOURCE_COV, GAUSS_TARGET_MEAN, GAUSS_TARGET_COV)
     return (
         f" On Gauss to Gauss, where W2^2 has a closed form, the estimate is {_number(estimate['mean'])} (standard "
-        f"error {_number(_estimate_standard_error(estimate))}) and the closed form {_number(closed_form)}."
+        f"error {_number(_estimate_standard_error(estimate))}) and the closed form {_number(gauss_pair_w2_squared())}."
     )
 
 
@@ -339,7 +332,7 @@ def _miss_note(results: ToyRunResults, check: Check) -> str:
 
     Returns "" for other checks and where neither applies.
     """
-    rival = next((method for method in ("single-mmd", "swot") if check.criterion == f"cost below {METHOD_TITLES[method]}"), None)
+    rival = RIVAL_BY_CRITERION.get(check.criterion)
     if rival is None:
         return ""
     reference = results.references[check.pair]
@@ -352,10 +345,10 @@ def _miss_note(results: ToyRunResults, check: Check) -> str:
     if below > W2_SIGNIFICANCE:
         sentences.append(
             f"{name}'s cost {_number(rival_cost)} lies {100 * (1 - rival_cost / estimate['mean']):.1f} % below "
-            f"the W2^2 estimate {_number(estimate['mean'])}, {below:.0f} times the standard error of their "
-            f"difference (standard error {_number(rival_metrics[f'cost_{direction}_se'])} of the cost over its "
-            f"{results.n_points} points, {_number(_estimate_standard_error(estimate))} of the estimate). A map that "
-            "carries the points onto the target costs W2^2(p, q) or more on average. The exact OT cost between "
+            f"the W2^2 estimate {_number(estimate['mean'])}. The gap is {below:.0f} times its standard error, which "
+            f"combines {_number(rival_metrics[f'cost_{direction}_se'])} for the cost over the map's "
+            f"{results.n_points} points and {_number(_estimate_standard_error(estimate))} for the estimate. A map "
+            "that carries the points onto the target costs W2^2(p, q) or more on average. The exact OT cost between "
             f"the training sets is {_number(reference['exact_ot'])}, "
             f"{_signed_percent(reference['exact_ot'] / estimate['mean'] - 1)} the estimate."
         )
@@ -407,10 +400,15 @@ def _below_w2_estimate(metrics: dict, direction: str, estimate: dict | None) -> 
         return math.nan
     combined = math.hypot(standard_error, _estimate_standard_error(estimate))
     gap = estimate["mean"] - metrics[f"cost_{direction}"]
-    return gap / combined if combined > 0 else math.copysign(math.inf, gap) if gap else 0.0
+    if combined > 0:
+        return gap / combined
+    if gap == 0:
+        return 0.0
+    return math.copysign(math.inf, gap)
 
 
 def _sweep_steps(results: ToyRunResults) -> int:
+    """Return the optimiser steps of the beta sweep's runs."""
     config = results.sweep_config or results.config
     return config.steps
 
@@ -470,10 +468,10 @@ def _below_w2_section(results: ToyRunResults) -> list[str]:
                 )
     lines = [
         "", "## Maps cheaper than the W2^2 estimate", "",
-        "A map that carries p onto q costs W2^2(p, q) or more on average, so a cost clearly below the W2^2 "
-        "estimate points to images distributed differently from the target, unless the training sets themselves "
-        "are cheaper than the estimate (compare its column with the exact OT cost in the tables above). An MMD^2 "
-        "near the noise floor does not rule such differences out. The table lists every map whose cost lies more "
+        "A map that carries p onto q costs W2^2(p, q) or more on average. A cost clearly below the W2^2 estimate "
+        "therefore points to images distributed differently from the target. The exception is training sets that "
+        "are themselves cheaper than the estimate: compare its column with the exact OT cost in the tables above. "
+        "An MMD^2 near the noise floor does not rule such differences out. The table lists every map whose cost lies more "
         f"than {W2_SIGNIFICANCE:g} standard errors below the estimate. The standard error combines the cost's over "
         "the map's points and the estimate's over its draw pairs.",
         "",
