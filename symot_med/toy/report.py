@@ -223,7 +223,10 @@ def _setup_section(results: ToyRunResults) -> list[str]:
         f"and the training seed is {config.seed}.{_sweep_budget(results)}",
         f"- Training MMD: reduced estimator (SyMOT-Flow equation (7)), Gaussian kernels with bandwidths "
         f"{_scales(config.mmd_scales)} times {_base_bandwidth(config)}. "
-        f"SWOT-Flow: squared sliced 2-Wasserstein distance with {config.n_projections} random directions per term.",
+        f"SWOT-Flow: squared sliced 2-Wasserstein distance with {config.n_projections} random directions per term, "
+        f"on the same batches of {config.batch_size}. Its authors' code uses the full sample sets at every step "
+        "instead. `benchmarks/README.md` (\"SWOT-Flow on the full training sets\") trains it that way, outside "
+        "the shared budget.",
         "- Transport cost: mean of |a - b|^2 summed over the 2 coordinates (the convention of POT's "
         "`ot.dist`), forward over (x, T(x)) and backward over (T^-1(z), z).",
         f"- Reported MMD^2: full biased estimator (SyMOT-Flow equation (3)) with one fixed kernel for every "
@@ -320,6 +323,11 @@ def _criteria_section(results: ToyRunResults, checks: list[Check]) -> list[str]:
             "How efficiently each map reaches its own images is in the section \"Cost against the points each "
             "map reaches\" below.",
         ]
+        if any(RIVAL_BY_CRITERION.get(check.criterion) == "swot" for check in short):
+            lines[-1] += (
+                " SWOT-Flow trained on the full sets at every step, as in its authors' code, is compared in "
+                "`benchmarks/README.md` (\"SWOT-Flow on the full training sets\")."
+            )
     notes = [_miss_note(results, check) for check in checks if check.passed is False]
     notes = [note for note in notes if note]
     if notes:
