@@ -6,6 +6,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from symot_med.config import Profile
+from symot_med.data import transforms
 from symot_med.data.transforms import IntensityScale, LoadNiftid, preprocess_volume, threshold_mask, to_native
 
 
@@ -122,6 +123,91 @@ def test_mask_file_is_used(tmp_path):
     pre = preprocess_volume(tmp_path / "mr.nii.gz", "mr", profile, mask_path=tmp_path / "mask.nii.gz")
 
     assert pre.mask.sum() == mask.sum()
+
+
+def write_masked_volume(folder, name, shape, box):
+    """Write a 2 mm volume and its mask, ones inside ``box`` (a tuple of slices), and return both paths."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[box] = 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(smooth_ball(shape), affine), str(folder / name))
+    nib.save(nib.Nifti1Image(mask, affine), str(folder / "mask.nii.gz"))
+    return folder / name, folder / "mask.nii.gz"
+
+
+@pytest.fixture
+def crop_warnings(monkeypatch, caplog):
+    """Reset the per-process limit of crop warnings and capture them."""
+    monkeypatch.setattr(transforms, "_crop_warnings_logged", 0)
+    caplog.set_level("WARNING", logger="symot_med.data.transforms")
+    return caplog
+
+
+def test_wide_foreground_logs_crop_warning(tmp_path, crop_warnings):
+    # 46 voxels of 2 mm along x, wider than the 32-voxel slice.
+    image, mask = write_masked_volume(tmp_path, "wide.nii.gz", (50, 30, 10), np.s_[2:48, 5:25, 2:8])
+    profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (32, 32))
+
+    pre = preprocess_volume(image, "mr", profile, mask_path=mask)
+
+    assert pre.image.shape[:2] == (32, 32)
+    messages = [record.getMessage() for record in crop_warnings.records]
+    assert len(messages) == 1
+    assert "wide.nii.gz" in messages[0]
+    assert "spans 46 x 20 voxels (92 x 40 mm)" in messages[0]
+    assert "slice of 32 x 32 voxels (64 x 64 mm)" in messages[0]
+    assert f"leaves out {14 * 20 * 6} of {46 * 20 * 6} foreground voxels (30 %)" in messages[0]
+
+
+def test_foreground_at_edge_logs_crop_warning(tmp_path, crop_warnings):
+    # 34 voxels touching x = 0: the crop box starts at the edge, so the central 34 voxels of
+    # the box plus its margin cut the foreground although it is exactly as wide as the slice.
+    image, mask = write_masked_volume(tmp_path, "edge.nii.gz", (50, 30, 10), np.s_[0:34, 5:25, 2:8])
+    profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (34, 34))
+
+    pre = preprocess_volume(image, "mr", profile, mask_path=mask)
+
+    assert pre.mask.sum() < 34 * 20 * 6
+    assert len(crop_warnings.records) == 1
+
+
+def test_fitting_foreground_logs_no_warning(tmp_path, crop_warnings):
+    # 30 x 20 voxels plus the 2-voxel crop margin fits 34 x 34.
+    image, mask = write_masked_volume(tmp_path, "fits.nii.gz", (50, 30, 10), np.s_[10:40, 5:25, 2:8])
+    profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (34, 34))
+
+    pre = preprocess_volume(image, "mr", profile, mask_path=mask)
+
+    assert pre.mask.sum() == 30 * 20 * 6
+    assert crop_warnings.records == []
+
+
+def test_crop_warnings_stop_at_limit(tmp_path, crop_warnings):
+    image, mask = write_masked_volume(tmp_path, "wide.nii.gz", (50, 30, 10), np.s_[2:48, 5:25, 2:8])
+    profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (32, 32))
+
+    for _ in range(transforms.MAX_CROP_WARNINGS + 2):
+        preprocess_volume(image, "mr", profile, mask_path=mask)
+
+    messages = [record.getMessage() for record in crop_warnings.records]
+    assert len(messages) == transforms.MAX_CROP_WARNINGS
+    assert "not shown" in messages[-1]
+    assert "not shown" not in messages[0]
+
+
+def test_huge_voxels_rejected_before_resampling(tmp_path):
+    path = tmp_path / "coarse.nii.gz"
+    nib.save(nib.Nifti1Image(smooth_ball((20, 20, 10)), np.diag([50.0, 50.0, 50.0, 1.0])), str(path))
+    profile = Profile("t", "brats", (1.0, 1.0, 1.0), (64, 64))
+
+    with pytest.raises(ValueError) as caught:
+        preprocess_volume(path, "t1", profile)
+
+    message = str(caught.value)
+    assert "coarse.nii.gz" in message
+    assert "50 x 50 x 50 mm" in message
+    assert "1000 x 1000 x 500 voxels" in message
+    assert "pixdim" in message
 
 
 def test_to_native_rejects_wrong_shape(tmp_path):

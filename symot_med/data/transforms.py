@@ -34,6 +34,7 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
+    ResizeWithPadOrCrop,
     ResizeWithPadOrCropd,
     SpatialResample,
     Spacingd,
@@ -49,6 +50,14 @@ CT_RANGE_HU = (-1024.0, 3000.0)
 MR_PERCENTILES = (0.5, 99.5)
 CT_MODALITIES = frozenset({"ct"})
 CROP_MARGIN_VOXELS = 2
+
+# Crop warnings logged per process, so that a data set of large heads does not repeat one per file.
+MAX_CROP_WARNINGS = 5
+_crop_warnings_logged = 0
+
+# Resampled grids above this many voxels (1 GiB per float32 copy) point to a wrong voxel size
+# in the header. A 500 x 500 x 300 mm pelvis CT at 1 mm is 75 million voxels.
+MAX_RESAMPLED_VOXELS = 2**28
 
 
 def modality_kind(modality: str) -> str:
@@ -80,7 +89,10 @@ def mr_scale(values: np.ndarray) -> IntensityScale:
     if values.size == 0:
         raise ValueError(
             "cannot scale an MR volume with an empty mask: the mask file has no voxel above zero, or, without a "
-            "mask file, no voxel passes the automatic threshold; pass a mask that marks the head (translate --mask)"
+            "mask file, no voxel passes the automatic threshold. A tiny voxel size in the header can also leave only "
+            "a few voxels after resampling. Check the image and its voxel size in the header, pass a mask that marks "
+            "the head (the data set's mask file, or --mask of `symot-med translate`), or remove the case from the "
+            "data folder"
         )
     low, high = np.percentile(values, MR_PERCENTILES)
     if high <= low:
@@ -173,6 +185,57 @@ class ForegroundMaskd(MapTransform):
         return d
 
 
+class WarnCroppedForegroundd(MapTransform):
+    """Transform that logs a warning when the crop to the profile's slice cuts off foreground.
+
+    Placed just before ``ResizeWithPadOrCropd``, it applies the same crop to a copy of ``mask``
+    (1, X, Y, Z) and compares the foreground voxels before and after. A translation leaves the
+    cut-off part at background. At most ``MAX_CROP_WARNINGS`` warnings are logged per process,
+    so a long-lived process (a notebook) stops showing them after the fifth.
+    """
+
+    def __init__(self, slice_size: tuple[int, int], image_key: str = "image", mask_key: str = "mask") -> None:
+        super().__init__(keys=[image_key])
+        self.slice_size = slice_size
+        self.image_key = image_key
+        self.mask_key = mask_key
+        self.crop = ResizeWithPadOrCrop(spatial_size=(slice_size[0], slice_size[1], -1))
+
+    def __call__(self, data: dict) -> dict:
+        global _crop_warnings_logged
+        mask = data[self.mask_key]
+        plain_mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
+        before = int((plain_mask > 0.5).sum())
+        after = int((self.crop(plain_mask) > 0.5).sum())
+        if after >= before or _crop_warnings_logged >= MAX_CROP_WARNINGS:
+            return data
+
+        occupied = plain_mask[0].numpy() > 0.5
+        extent = [int(np.ptp(np.flatnonzero(occupied.any(axis=other)))) + 1 for other in ((1, 2), (0, 2))]
+        image = data[self.image_key]
+        spacing = [float(v) for v in image.pixdim[:2]] if isinstance(image, MetaTensor) else None
+        source = image.meta.get("filename_or_obj", "the input") if isinstance(image, MetaTensor) else "the input"
+        _crop_warnings_logged += 1
+        last = " Further crop warnings in this process are not shown." if _crop_warnings_logged == MAX_CROP_WARNINGS else ""
+        logger.warning(
+            "%s: cropping to the profile's slice of %s leaves out %d of %d foreground voxels (%.2g %%). The "
+            "foreground spans %s in the axial plane, and the crop keeps the centre of its bounding box plus a "
+            "%d-voxel margin. The slices lack the part left out, and a translation leaves it at background. If "
+            "the head is not that large, check the voxel size in the file's header.%s",
+            source, _voxels_and_mm(self.slice_size, spacing), before - after, before,
+            100 * (before - after) / before, _voxels_and_mm(extent, spacing), CROP_MARGIN_VOXELS, last,
+        )
+        return data
+
+
+def _voxels_and_mm(size: list[int] | tuple[int, int], spacing: list[float] | None) -> str:
+    """Format an in-plane size as "H x W voxels (h x w mm)", without mm when the spacing is unknown."""
+    text = f"{size[0]} x {size[1]} voxels"
+    if spacing is not None:
+        text += f" ({size[0] * spacing[0]:.0f} x {size[1] * spacing[1]:.0f} mm)"
+    return text
+
+
 class NormaliseIntensityd(MapTransform):
     """Scale ``image`` to [0, 1] per modality (see module docstring) and zero it outside ``mask``.
 
@@ -216,6 +279,7 @@ def build_preprocessing(modality: str, profile: Profile, with_mask_file: bool) -
             Orientationd(keys=all_keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys=all_keys, pixdim=profile.spacing, mode=["bilinear", "nearest"], padding_mode="zeros"),
             CropForegroundd(keys=all_keys, source_key="mask", margin=CROP_MARGIN_VOXELS, allow_smaller=True),
+            WarnCroppedForegroundd(profile.slice_size),
             ResizeWithPadOrCropd(keys=all_keys, spatial_size=(height, width, -1)),
             NormaliseIntensityd(modality),
         ]
@@ -263,6 +327,25 @@ class PreprocessedVolume:
 
 
 MASK_HINT = "pass a NIfTI mask on the input image's voxel grid (non-zero inside), or leave the mask out"
+
+
+def check_resampled_size(path: Path, image: nib.spatialimages.SpatialImage, profile: Profile) -> None:
+    """Raise ValueError naming ``path`` when resampling to the profile's spacing would give a huge grid.
+
+    The resampled shape is estimated as the field of view (shape times the voxel size, the
+    column norms of the affine, in mm) over the profile's spacing, before any memory is taken.
+    """
+    shape = np.asarray(image.shape[:3], dtype=float)
+    voxel_mm = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
+    resampled = np.ceil(shape * voxel_mm / np.asarray(profile.spacing, dtype=float))
+    if np.prod(resampled) > MAX_RESAMPLED_VOXELS:
+        raise ValueError(
+            f"{path}: {' x '.join(f'{int(n)}' for n in shape)} voxels of "
+            f"{' x '.join(f'{v:g}' for v in voxel_mm)} mm would resample to "
+            f"{' x '.join(f'{int(n)}' for n in resampled)} voxels at the profile's "
+            f"{' x '.join(f'{v:g}' for v in profile.spacing)} mm, more than {MAX_RESAMPLED_VOXELS} voxels; "
+            "check the voxel size in the file's header (pixdim and the affine) or crop the volume"
+        )
 
 
 def check_finite(path: Path, image: nib.spatialimages.SpatialImage, strict: bool = False) -> np.ndarray | None:
@@ -317,6 +400,7 @@ def preprocess_volume(
     check_nifti(image_path)
     data = {"image": str(image_path)}
     native = nib.load(str(image_path))
+    check_resampled_size(image_path, native, profile)
     check_finite(image_path, native)
     if mask_path is not None:
         check_nifti(Path(mask_path), MASK_HINT)
