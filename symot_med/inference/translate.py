@@ -140,6 +140,7 @@ def read_model_card(model_dir: str | Path) -> dict:
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
     card = read_json(card_path)
+    check_model_card(card, card_path)
 
     # Cards store checkpoint paths relative to the model folder, so they are made absolute here.
     if "autoencoders" in card:
@@ -149,6 +150,49 @@ def read_model_card(model_dir: str | Path) -> dict:
     if "flow" in card:
         card["flow"] = resolve_from_folder(card["flow"], model_dir)
     return card
+
+
+def check_model_card(card: object, card_path: Path) -> None:
+    """Raise ValueError naming ``card_path`` and the first missing or malformed field of a model card.
+
+    Cards are written by ``write_model_card``, so this catches hand edits and damaged files
+    before they surface as a bare KeyError or TypeError.
+    """
+    advice = "restore the file written by `symot-med train-flow`, or rerun that command into a new folder"
+    if not isinstance(card, dict):
+        raise ValueError(f"{card_path} must contain a JSON object, got {type(card).__name__}; {advice}")
+
+    def expect(key: str, kind: type, where: dict = card, label: str = "") -> None:
+        name = label or key
+        if key not in where:
+            raise ValueError(f"{card_path} is missing the field {name!r}; {advice}")
+        if not isinstance(where[key], kind) or isinstance(where[key], bool):
+            raise ValueError(
+                f"{card_path}: field {name!r} must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}; {advice}"
+            )
+
+    expect("pair", str)
+    expect("flow", str)
+    expect("profile", dict)
+    for key, kind in (("name", str), ("dataset", str), ("spacing", list), ("slice_size", list)):
+        expect(key, kind, card["profile"], f"profile.{key}")
+    expect("intensity", dict)
+    for modality, scale in card["intensity"].items():
+        expect(modality, dict, card["intensity"], f"intensity.{modality}")
+        for bound in ("low", "high"):
+            expect(bound, (int, float), scale, f"intensity.{modality}.{bound}")
+
+    if "autoencoders" in card:
+        expect("autoencoders", dict)
+        for modality in card["autoencoders"]:
+            expect(modality, str, card["autoencoders"], f"autoencoders.{modality}")
+    else:
+        # Older cards name one shared autoencoder and the pair's two modalities.
+        for key in ("autoencoder", "source", "target"):
+            expect(key, str)
+
+
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number"}
 
 
 SliceFunction = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,68 @@
+"""Model cards: a written card reads back, and hand-edited ones fail with the file and field named."""
+
+import json
+
+import pytest
+
+from symot_med.config import get_pair, get_profile
+from symot_med.inference.translate import MODEL_FILE, read_model_card, write_model_card
+
+
+@pytest.fixture
+def card_path(tmp_path):
+    """Write a card for the T1/T2 pair with checkpoint names inside ``tmp_path`` and return its path."""
+    intensity = {"t1": {"low": 0.0, "high": 900.0}, "t2": {"low": 0.0, "high": 1200.0}}
+    return write_model_card(
+        tmp_path, get_pair("t1t2"), get_profile("demo", "brats"), intensity,
+        tmp_path / "autoencoder.pt", tmp_path / "flow.pt",
+    )
+
+
+def edit_card(path, change):
+    card = json.loads(path.read_text())
+    change(card)
+    path.write_text(json.dumps(card))
+
+
+def test_written_card_reads_back(card_path):
+    card = read_model_card(card_path.parent)
+
+    assert card["pair"] == "t1t2"
+    assert card["flow"] == str(card_path.parent / "flow.pt")
+    assert card["autoencoders"]["t2"] == str(card_path.parent / "autoencoder.pt")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda card: card.pop("pair"), "'pair'"),
+        (lambda card: card.pop("flow"), "'flow'"),
+        (lambda card: card["profile"].pop("spacing"), "'profile.spacing'"),
+        (lambda card: card["intensity"]["t1"].update(low="zero"), "'intensity.t1.low'"),
+        (lambda card: card["intensity"].update(t2=[0, 1]), "'intensity.t2'"),
+        (lambda card: card["autoencoders"].update(t1=None), "'autoencoders.t1'"),
+        (lambda card: card.pop("autoencoders"), "'autoencoder'"),
+    ],
+)
+def test_edited_card_names_file_and_field(card_path, change, field):
+    edit_card(card_path, change)
+
+    with pytest.raises(ValueError) as caught:
+        read_model_card(card_path.parent)
+
+    message = str(caught.value)
+    assert str(card_path) in message
+    assert field in message
+    assert "symot-med train-flow" in message
+
+
+def test_card_that_is_not_an_object(card_path):
+    card_path.write_text("[1, 2]")
+
+    with pytest.raises(ValueError, match="must contain a JSON object, got list"):
+        read_model_card(card_path.parent)
+
+
+def test_card_file_name_accepted(card_path):
+    assert card_path.name == MODEL_FILE
+    assert read_model_card(card_path)["pair"] == "t1t2"
