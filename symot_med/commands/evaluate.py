@@ -46,9 +46,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from symot_med.baselines.training import BaselineTrainConfig
     from symot_med.evaluation.comparison import IDENTITY, Method
     from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, model_pair, run_comparison
+    from symot_med.io import check_replaceable_page
 
     if args.fid_images < 4:
         raise ValueError(f"--fid-images must be at least 4, got {args.fid_images}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; choose a folder for comparison.md, .csv, .json and .png")
+    check_replaceable_page(args.out / "comparison.md", "--out")
     command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "symot-med evaluate"
     settings = EvaluationSettings(fid_images=args.fid_images, inception_weights=args.inception_weights, device=args.device, seed=args.seed)
 

@@ -48,11 +48,12 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     from symot_med.data.slices import SliceCache
     from symot_med.device import resolve_device
     from symot_med.experiments.latent_study import run_latent_study, study_markdown
-    from symot_med.io import atomic_path
+    from symot_med.io import atomic_path, check_replaceable_page
     from symot_med.models.vqvae2 import VQVAE2Config
     from symot_med.training.autoencoder import AETrainConfig
     from symot_med.training.flow import FlowTrainConfig
 
+    check_replaceable_page(args.page, "--page")
     autoencoder = AETrainConfig() if args.ae_epochs is None else replace(AETrainConfig(), epochs=args.ae_epochs)
     flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
     device = str(resolve_device(args.device))
