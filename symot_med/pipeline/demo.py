@@ -45,7 +45,7 @@ from symot_med.device import resolve_device
 from symot_med.evaluation.figures import FigureRow, reconstruction_figure, translation_figure
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, VolumeTranslator
-from symot_med.io import atomic_path, read_json, write_json
+from symot_med.io import atomic_path, check_replaceable_page, read_json, write_json
 from symot_med.models.vqvae2 import VQVAE2Config
 from symot_med.pipeline.stages import prepare, train_autoencoders_stage, train_flow_stage
 from symot_med.training.autoencoder import HISTORY_NAME as AUTOENCODER_HISTORY
@@ -295,6 +295,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
     # Check the device before settings.json is written, so a typo in it does not block a rerun.
     resolve_device(settings.device)
     check_settings_match(out_dir, settings)
+    check_replaceable_page(out_dir / "summary.md", "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("demo settings: %s", settings.to_dict())
     write_json(out_dir / "settings.json", settings.to_dict())
