@@ -291,6 +291,23 @@ def test_writer_rejects_other_grid(tmp_path):
     assert not (tmp_path / "moved.nii.gz").exists()
 
 
+def test_writer_warns_when_replacing(tmp_path, caplog):
+    reference = _reference_file(tmp_path)
+    affine = nib.load(str(reference)).affine
+    first = np.zeros((4, 5, 6), dtype=np.int16)
+    second = np.ones((4, 5, 6), dtype=np.int16)
+
+    with caplog.at_level("WARNING", logger="symot_med.bundle.transforms"):
+        _write(tmp_path / "out.nii.gz", reference, first, affine)
+        assert caplog.records == []
+        _write(tmp_path / "out.nii.gz", reference, second, affine)
+
+    assert len(caplog.records) == 1
+    assert "replacing" in caplog.records[0].getMessage()
+    assert str(tmp_path / "out.nii.gz") in caplog.records[0].getMessage()
+    np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "out.nii.gz")).dataobj), second)
+
+
 def test_unpaired_dataset_covers_every_sample():
     x = (torch.arange(5.0).reshape(5, 1, 1, 1), torch.arange(5.0).reshape(5, 1, 1, 1))
     z = (torch.arange(3.0).reshape(3, 1, 1, 1) + 10, torch.arange(3.0).reshape(3, 1, 1, 1) + 10)

@@ -129,8 +129,8 @@ class NativeSpaceNiftiWriter(NibabelWriter):
     MONAI's ``NibabelWriter`` writes a fresh header with qform and sform codes 1. This writer
     loads the input file named in the metadata (``filename_or_obj``), checks that the data has
     its shape and that the affine agrees within ``AFFINE_TOLERANCE_MM``, and writes with
-    ``symot_med.io.save_nifti``, which copies the header and the exact affine. Use it with
-    ``resample=False`` after ``Invertd``.
+    ``symot_med.io.save_nifti``, which copies the header and the exact affine. An existing file
+    of an earlier run is replaced with a warning. Use it with ``resample=False`` after ``Invertd``.
     """
 
     def set_metadata(self, meta_dict: Mapping | None, resample: bool = True, **options: Any) -> None:
@@ -155,6 +155,8 @@ class NativeSpaceNiftiWriter(NibabelWriter):
                 f"output for {self.reference_path} has affine\n{affine}\nbut the input has\n"
                 f"{reference.affine}; invert the preprocessing (Invertd) before saving"
             )
+        if Path(filename).exists():
+            logger.warning("replacing %s, an output of an earlier run", filename)
         save_nifti(filename, array, reference, f"symot-med {__version__} translation")
         if verbose:
             logger.info("wrote %s", filename)
