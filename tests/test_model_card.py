@@ -42,6 +42,16 @@ def test_written_card_reads_back(card_path):
         (lambda card: card["intensity"].update(t2=[0, 1]), "'intensity.t2'"),
         (lambda card: card["autoencoders"].update(t1=None), "'autoencoders.t1'"),
         (lambda card: card.pop("autoencoders"), "'autoencoder'"),
+        (lambda card: card.update(pair="t1flair"), "'pair' is 't1flair'"),
+        (lambda card: card["autoencoders"].pop("t2"), "'autoencoders' has modalities ['t1']"),
+        (lambda card: card.update(intensity={}), "'intensity' has modalities []"),
+        (lambda card: card["profile"].update(spacing=[1.0, 2.0]), "'profile.spacing' must be a list of 3 numbers"),
+        (lambda card: card["profile"].update(slice_size=[96, 96.5]), "'profile.slice_size' must be a list of 2 integers"),
+        (lambda card: card["profile"].update(zoom=2), "unknown keys ['zoom']"),
+        (
+            lambda card: card.update(autoencoder=card.pop("autoencoders")["t1"], source="ct", target="mr"),
+            "'source' and 'target' are 'ct' and 'mr'",
+        ),
     ],
 )
 def test_edited_card_names_file_and_field(card_path, change, field):
@@ -54,6 +64,18 @@ def test_edited_card_names_file_and_field(card_path, change, field):
     assert str(card_path) in message
     assert field in message
     assert "symot-med train-flow" in message
+
+
+def test_older_shared_autoencoder_card_reads_back(card_path):
+    def to_older_card(card):
+        card["autoencoder"] = card.pop("autoencoders")["t1"]
+
+    edit_card(card_path, to_older_card)
+
+    card = read_model_card(card_path.parent)
+
+    assert card["autoencoder"] == str(card_path.parent / "autoencoder.pt")
+    assert (card["source"], card["target"]) == ("t1", "t2")
 
 
 def test_card_that_is_not_an_object(card_path):

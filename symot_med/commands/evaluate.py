@@ -52,7 +52,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--fid-images must be at least 4, got {args.fid_images}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; choose a folder for comparison.md, .csv, .json and .png")
-    check_replaceable_page(args.out / "comparison.md", "--out")
+    check_replaceable_page(args.out / "comparison.md", "--out", earlier_titles=("# Method comparison",))
     command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "symot-med evaluate"
     settings = EvaluationSettings(fid_images=args.fid_images, inception_weights=args.inception_weights, device=args.device, seed=args.seed)
 

@@ -71,16 +71,21 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
         jobs = [(cache, None) for cache in args.cache]
         work = args.work
 
+    # Open every cache before the page's folder is created, so a wrong path leaves nothing behind.
+    pairs = [SliceCache.open(cache).manifest["pair"] for cache, _ in jobs]
+    try:
+        args.page.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--page: cannot create the folder {args.page.parent} ({error.strerror}); choose another --page") from None
+
     results = []
-    for cache, reuse_dir in jobs:
-        pair = SliceCache.open(cache).manifest["pair"]
+    for (cache, reuse_dir), pair in zip(jobs, pairs):
         results.append(
             run_latent_study(cache, work / pair, autoencoder, VQVAE2Config(), flow, device=device,
                              progress=not args.quiet, reuse_dir=reuse_dir)
         )
 
     command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    args.page.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.page) as temporary:
         temporary.write_text(study_markdown(results, command))
     logger.info("wrote %s", args.page)

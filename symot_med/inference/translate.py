@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +22,7 @@ import torch
 
 from symot_med import __version__
 from symot_med.bundle.network import TranslationNetwork
-from symot_med.config import Direction, Pair, Profile, get_pair
+from symot_med.config import PAIRS, Direction, Pair, Profile, get_pair
 from symot_med.data.layouts import match_layout
 from symot_med.data.transforms import (
     CT_RANGE_HU,
@@ -172,11 +172,32 @@ def check_model_card(card: object, card_path: Path) -> None:
             )
 
     expect("pair", str)
+    if card["pair"] not in PAIRS:
+        raise ValueError(f"{card_path}: field 'pair' is {card['pair']!r}, expected one of {sorted(PAIRS)}; {advice}")
+    modalities = sorted(get_pair(card["pair"]).modalities())
     expect("flow", str)
+
     expect("profile", dict)
-    for key, kind in (("name", str), ("dataset", str), ("spacing", list), ("slice_size", list)):
-        expect(key, kind, card["profile"], f"profile.{key}")
+    unknown = sorted(set(card["profile"]) - {field.name for field in fields(Profile)})
+    if unknown:
+        raise ValueError(f"{card_path}: field 'profile' has unknown keys {unknown}; {advice}")
+    for key, kind, length in (("spacing", (int, float), 3), ("slice_size", int, 2)):
+        value = card["profile"].get(key)
+        valid = isinstance(value, list) and len(value) == length
+        if not valid or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise ValueError(
+                f"{card_path}: field 'profile.{key}' must be a list of {length} {JSON_TYPE_NAMES[kind]}s, "
+                f"got {value!r}; {advice}"
+            )
+    for key in ("name", "dataset"):
+        expect(key, str, card["profile"], f"profile.{key}")
+
     expect("intensity", dict)
+    if sorted(card["intensity"]) != modalities:
+        raise ValueError(
+            f"{card_path}: field 'intensity' has modalities {sorted(card['intensity'])}, expected {modalities} for "
+            f"pair {card['pair']!r}; {advice}"
+        )
     for modality, scale in card["intensity"].items():
         expect(modality, dict, card["intensity"], f"intensity.{modality}")
         for bound in ("low", "high"):
@@ -184,15 +205,25 @@ def check_model_card(card: object, card_path: Path) -> None:
 
     if "autoencoders" in card:
         expect("autoencoders", dict)
+        if sorted(card["autoencoders"]) != modalities:
+            raise ValueError(
+                f"{card_path}: field 'autoencoders' has modalities {sorted(card['autoencoders'])}, expected "
+                f"{modalities} for pair {card['pair']!r}; {advice}"
+            )
         for modality in card["autoencoders"]:
             expect(modality, str, card["autoencoders"], f"autoencoders.{modality}")
     else:
         # Older cards name one shared autoencoder and the pair's two modalities.
         for key in ("autoencoder", "source", "target"):
             expect(key, str)
+        if sorted([card["source"], card["target"]]) != modalities:
+            raise ValueError(
+                f"{card_path}: fields 'source' and 'target' are {card['source']!r} and {card['target']!r}, "
+                f"expected {modalities} for pair {card['pair']!r}; {advice}"
+            )
 
 
-JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number"}
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
 
 
 SliceFunction = Callable[[np.ndarray], np.ndarray]
