@@ -35,22 +35,22 @@ def test_written_card_reads_back(card_path):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda card: card.pop("pair"), "'pair'"),
+        (lambda card: card.pop("pair"), "missing field 'pair'"),
         (lambda card: card.pop("flow"), "'flow'"),
         (lambda card: card["profile"].pop("spacing"), "'profile.spacing'"),
         (lambda card: card["intensity"]["t1"].update(low="zero"), "'intensity.t1.low'"),
         (lambda card: card["intensity"].update(t2=[0, 1]), "'intensity.t2'"),
         (lambda card: card["autoencoders"].update(t1=None), "'autoencoders.t1'"),
         (lambda card: card.pop("autoencoders"), "'autoencoder'"),
-        (lambda card: card.update(pair="t1flair"), "'pair' is 't1flair'"),
-        (lambda card: card["autoencoders"].pop("t2"), "'autoencoders' has modalities ['t1']"),
-        (lambda card: card.update(intensity={}), "'intensity' has modalities []"),
-        (lambda card: card["profile"].update(spacing=[1.0, 2.0]), "'profile.spacing' must be a list of 3 numbers"),
-        (lambda card: card["profile"].update(slice_size=[96, 96.5]), "'profile.slice_size' must be a list of 2 integers"),
+        (lambda card: card.update(pair="t1flair"), "invalid field 'pair': it is 't1flair'"),
+        (lambda card: card["autoencoders"].pop("t2"), "'autoencoders': it has modalities ['t1']"),
+        (lambda card: card.update(intensity={}), "'intensity': it has modalities []"),
+        (lambda card: card["profile"].update(spacing=[1.0, 2.0]), "'profile.spacing': it must be a list of 3 numbers"),
+        (lambda card: card["profile"].update(slice_size=[96, 96.5]), "'profile.slice_size': it must be a list of 2 integers"),
         (lambda card: card["profile"].update(zoom=2), "unknown keys ['zoom']"),
         (
             lambda card: card.update(autoencoder=card.pop("autoencoders")["t1"], source="ct", target="mr"),
-            "'source' and 'target' are 'ct' and 'mr'",
+            "'source' and 'target': they are 'ct' and 'mr'",
         ),
     ],
 )
@@ -78,7 +78,7 @@ def test_older_shared_autoencoder_card_reads_back(card_path):
     assert (card["source"], card["target"]) == ("t1", "t2")
 
 
-def test_card_that_is_not_an_object(card_path):
+def test_card_not_json_object(card_path):
     card_path.write_text("[1, 2]")
 
     with pytest.raises(ValueError, match="must contain a JSON object, got list"):

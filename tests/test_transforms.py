@@ -138,7 +138,7 @@ def write_masked_volume(folder, name, shape, box):
 @pytest.fixture
 def crop_warnings(monkeypatch, caplog):
     """Reset the per-process limit of crop warnings and capture them."""
-    monkeypatch.setattr(transforms, "_crop_warnings_logged", 0)
+    monkeypatch.setattr(transforms.WarnCroppedForegroundd, "warnings_logged", 0)
     caplog.set_level("WARNING", logger="symot_med.data.transforms")
     return caplog
 
@@ -160,8 +160,8 @@ def test_wide_foreground_logs_crop_warning(tmp_path, crop_warnings):
 
 
 def test_foreground_at_edge_logs_crop_warning(tmp_path, crop_warnings):
-    # 34 voxels touching x = 0: the crop box starts at the edge, so the central 34 voxels of
-    # the box plus its margin cut the foreground although it is exactly as wide as the slice.
+    # 34 voxels from x = 0: the box gets its margin on one side only, so the 34-voxel centre of
+    # its 36 voxels cuts foreground, although the foreground is exactly as wide as the slice.
     image, mask = write_masked_volume(tmp_path, "edge.nii.gz", (50, 30, 10), np.s_[0:34, 5:25, 2:8])
     profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (34, 34))
 
@@ -186,11 +186,11 @@ def test_crop_warnings_stop_at_limit(tmp_path, crop_warnings):
     image, mask = write_masked_volume(tmp_path, "wide.nii.gz", (50, 30, 10), np.s_[2:48, 5:25, 2:8])
     profile = Profile("t", "synthrad", (2.0, 2.0, 2.0), (32, 32))
 
-    for _ in range(transforms.MAX_CROP_WARNINGS + 2):
+    for _ in range(transforms.WarnCroppedForegroundd.max_warnings + 2):
         preprocess_volume(image, "mr", profile, mask_path=mask)
 
     messages = [record.getMessage() for record in crop_warnings.records]
-    assert len(messages) == transforms.MAX_CROP_WARNINGS
+    assert len(messages) == transforms.WarnCroppedForegroundd.max_warnings
     assert "not shown" in messages[-1]
     assert "not shown" not in messages[0]
 

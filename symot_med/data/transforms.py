@@ -51,12 +51,8 @@ MR_PERCENTILES = (0.5, 99.5)
 CT_MODALITIES = frozenset({"ct"})
 CROP_MARGIN_VOXELS = 2
 
-# Crop warnings logged per process, so that a data set of large heads does not repeat one per file.
-MAX_CROP_WARNINGS = 5
-_crop_warnings_logged = 0
-
-# Resampled grids above this many voxels (1 GiB per float32 copy) point to a wrong voxel size
-# in the header. A 500 x 500 x 300 mm pelvis CT at 1 mm is 75 million voxels.
+# Resampled grids above this many voxels (1 GiB per float32 copy) most likely come from a wrong
+# voxel size in the header. A 500 x 500 x 300 mm pelvis CT at 1 mm is 75 million voxels.
 MAX_RESAMPLED_VOXELS = 2**28
 
 
@@ -190,9 +186,13 @@ class WarnCroppedForegroundd(MapTransform):
 
     Placed just before ``ResizeWithPadOrCropd``, it applies the same crop to a copy of ``mask``
     (1, X, Y, Z) and compares the foreground voxels before and after. A translation leaves the
-    cut-off part at background. At most ``MAX_CROP_WARNINGS`` warnings are logged per process,
-    so a long-lived process (a notebook) stops showing them after the fifth.
+    cut-off part at background. At most ``max_warnings`` warnings are logged per process, so a
+    data set of large heads does not repeat one per file, and a long-lived process (a notebook)
+    stops showing them after the fifth.
     """
+
+    max_warnings = 5
+    warnings_logged = 0
 
     def __init__(self, slice_size: tuple[int, int], image_key: str = "image", mask_key: str = "mask") -> None:
         super().__init__(keys=[image_key])
@@ -202,21 +202,29 @@ class WarnCroppedForegroundd(MapTransform):
         self.crop = ResizeWithPadOrCrop(spatial_size=(slice_size[0], slice_size[1], -1))
 
     def __call__(self, data: dict) -> dict:
-        global _crop_warnings_logged
         mask = data[self.mask_key]
         plain_mask = mask.as_tensor() if isinstance(mask, MetaTensor) else torch.as_tensor(mask)
         before = int((plain_mask > 0.5).sum())
         after = int((self.crop(plain_mask) > 0.5).sum())
-        if after >= before or _crop_warnings_logged >= MAX_CROP_WARNINGS:
+        if after >= before or WarnCroppedForegroundd.warnings_logged >= self.max_warnings:
             return data
 
         occupied = plain_mask[0].numpy() > 0.5
-        extent = [int(np.ptp(np.flatnonzero(occupied.any(axis=other)))) + 1 for other in ((1, 2), (0, 2))]
+        extent = []
+        for other_axes in ((1, 2), (0, 2)):
+            indices = np.flatnonzero(occupied.any(axis=other_axes))
+            extent.append(int(indices[-1] - indices[0]) + 1)
+
         image = data[self.image_key]
-        spacing = [float(v) for v in image.pixdim[:2]] if isinstance(image, MetaTensor) else None
-        source = image.meta.get("filename_or_obj", "the input") if isinstance(image, MetaTensor) else "the input"
-        _crop_warnings_logged += 1
-        last = " Further crop warnings in this process are not shown." if _crop_warnings_logged == MAX_CROP_WARNINGS else ""
+        spacing, source = None, "the input"
+        if isinstance(image, MetaTensor):
+            spacing = [float(v) for v in image.pixdim[:2]]
+            source = image.meta.get("filename_or_obj", source)
+
+        WarnCroppedForegroundd.warnings_logged += 1
+        last = ""
+        if WarnCroppedForegroundd.warnings_logged == self.max_warnings:
+            last = " Further crop warnings in this process are not shown."
         logger.warning(
             "%s: cropping to the profile's slice of %s leaves out %d of %d foreground voxels (%.2g %%). The "
             "foreground spans %s in the axial plane, and the crop keeps the centre of its bounding box plus a "
@@ -340,12 +348,15 @@ def check_resampled_size(path: Path, image: nib.spatialimages.SpatialImage, prof
     resampled = np.ceil(shape * voxel_mm / np.asarray(profile.spacing, dtype=float))
     if np.prod(resampled) > MAX_RESAMPLED_VOXELS:
         raise ValueError(
-            f"{path}: {' x '.join(f'{int(n)}' for n in shape)} voxels of "
-            f"{' x '.join(f'{v:g}' for v in voxel_mm)} mm would resample to "
-            f"{' x '.join(f'{int(n)}' for n in resampled)} voxels at the profile's "
-            f"{' x '.join(f'{v:g}' for v in profile.spacing)} mm, more than {MAX_RESAMPLED_VOXELS} voxels; "
-            "check the voxel size in the file's header (pixdim and the affine) or crop the volume"
+            f"{path}: {_dims(shape)} voxels of {_dims(voxel_mm)} mm would resample to {_dims(resampled)} voxels "
+            f"at the profile's {_dims(profile.spacing)} mm, more than {MAX_RESAMPLED_VOXELS}. Check the voxel "
+            "size in the file's header (pixdim and the affine), or crop the volume."
         )
+
+
+def _dims(values) -> str:
+    """Format a shape or a voxel size as "A x B x C", without trailing zeros."""
+    return " x ".join(f"{float(v):g}" for v in values)
 
 
 def check_finite(path: Path, image: nib.spatialimages.SpatialImage, strict: bool = False) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 import nibabel as nib
 import numpy as np
@@ -152,51 +153,55 @@ def read_model_card(model_dir: str | Path) -> dict:
     return card
 
 
+# Names of the JSON types that ``check_model_card`` expects, for its messages.
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
+
+
 def check_model_card(card: object, card_path: Path) -> None:
-    """Raise ValueError naming ``card_path`` and the first missing or malformed field of a model card.
+    """Raise ValueError naming ``card_path`` and the first missing or invalid field of a model card.
 
     Cards are written by ``write_model_card``, so this catches hand edits and damaged files
     before they surface as a bare KeyError or TypeError.
     """
-    advice = "restore the file written by `symot-med train-flow`, or rerun that command into a new folder"
-    if not isinstance(card, dict):
-        raise ValueError(f"{card_path} must contain a JSON object, got {type(card).__name__}; {advice}")
 
-    def expect(key: str, kind: type, where: dict = card, label: str = "") -> None:
-        name = label or key
+    def invalid(problem: str) -> NoReturn:
+        raise ValueError(
+            f"{card_path}: {problem}. Restore the file written by `symot-med train-flow`, or rerun that "
+            "command into a new folder."
+        )
+
+    def expect(key: str, kind: type | tuple[type, ...], where: dict, label: str) -> None:
         if key not in where:
-            raise ValueError(f"{card_path} is missing the field {name!r}; {advice}")
+            invalid(f"missing field {label!r}")
         if not isinstance(where[key], kind) or isinstance(where[key], bool):
-            raise ValueError(
-                f"{card_path}: field {name!r} must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}; {advice}"
-            )
+            invalid(f"invalid field {label!r}: it must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}")
 
-    expect("pair", str)
+    if not isinstance(card, dict):
+        invalid(f"invalid content: it must contain a JSON object, got {type(card).__name__}")
+
+    expect("pair", str, card, "pair")
     if card["pair"] not in PAIRS:
-        raise ValueError(f"{card_path}: field 'pair' is {card['pair']!r}, expected one of {sorted(PAIRS)}; {advice}")
+        invalid(f"invalid field 'pair': it is {card['pair']!r}, expected one of {sorted(PAIRS)}")
     modalities = sorted(get_pair(card["pair"]).modalities())
-    expect("flow", str)
+    expect("flow", str, card, "flow")
 
-    expect("profile", dict)
+    expect("profile", dict, card, "profile")
     unknown = sorted(set(card["profile"]) - {field.name for field in fields(Profile)})
     if unknown:
-        raise ValueError(f"{card_path}: field 'profile' has unknown keys {unknown}; {advice}")
+        invalid(f"invalid field 'profile': it has unknown keys {unknown}")
     for key, kind, length in (("spacing", (int, float), 3), ("slice_size", int, 2)):
         value = card["profile"].get(key)
-        valid = isinstance(value, list) and len(value) == length
-        if not valid or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            raise ValueError(
-                f"{card_path}: field 'profile.{key}' must be a list of {length} {JSON_TYPE_NAMES[kind]}s, "
-                f"got {value!r}; {advice}"
-            )
+        is_list = isinstance(value, list) and len(value) == length
+        if not is_list or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            invalid(f"invalid field 'profile.{key}': it must be a list of {length} {JSON_TYPE_NAMES[kind]}s, got {value!r}")
     for key in ("name", "dataset"):
         expect(key, str, card["profile"], f"profile.{key}")
 
-    expect("intensity", dict)
+    expect("intensity", dict, card, "intensity")
     if sorted(card["intensity"]) != modalities:
-        raise ValueError(
-            f"{card_path}: field 'intensity' has modalities {sorted(card['intensity'])}, expected {modalities} for "
-            f"pair {card['pair']!r}; {advice}"
+        invalid(
+            f"invalid field 'intensity': it has modalities {sorted(card['intensity'])}, expected {modalities} "
+            f"for pair {card['pair']!r}"
         )
     for modality, scale in card["intensity"].items():
         expect(modality, dict, card["intensity"], f"intensity.{modality}")
@@ -204,26 +209,24 @@ def check_model_card(card: object, card_path: Path) -> None:
             expect(bound, (int, float), scale, f"intensity.{modality}.{bound}")
 
     if "autoencoders" in card:
-        expect("autoencoders", dict)
+        expect("autoencoders", dict, card, "autoencoders")
         if sorted(card["autoencoders"]) != modalities:
-            raise ValueError(
-                f"{card_path}: field 'autoencoders' has modalities {sorted(card['autoencoders'])}, expected "
-                f"{modalities} for pair {card['pair']!r}; {advice}"
+            invalid(
+                f"invalid field 'autoencoders': it has modalities {sorted(card['autoencoders'])}, expected "
+                f"{modalities} for pair {card['pair']!r}"
             )
         for modality in card["autoencoders"]:
             expect(modality, str, card["autoencoders"], f"autoencoders.{modality}")
-    else:
-        # Older cards name one shared autoencoder and the pair's two modalities.
-        for key in ("autoencoder", "source", "target"):
-            expect(key, str)
-        if sorted([card["source"], card["target"]]) != modalities:
-            raise ValueError(
-                f"{card_path}: fields 'source' and 'target' are {card['source']!r} and {card['target']!r}, "
-                f"expected {modalities} for pair {card['pair']!r}; {advice}"
-            )
+        return
 
-
-JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
+    # Older cards name one shared autoencoder and the pair's two modalities.
+    for key in ("autoencoder", "source", "target"):
+        expect(key, str, card, key)
+    if sorted([card["source"], card["target"]]) != modalities:
+        invalid(
+            f"invalid fields 'source' and 'target': they are {card['source']!r} and {card['target']!r}, "
+            f"expected {modalities} for pair {card['pair']!r}"
+        )
 
 
 SliceFunction = Callable[[np.ndarray], np.ndarray]

@@ -19,10 +19,11 @@ three rows are SyMOT-Flow's loss, equation (7) of Xiong, Ding and Zhang, and its
 (Section 5.2 and 5.3). The last row is our reading of SWOT-Flow (Coeurdoux, Dobigeon and
 Chainais, 2022) as those authors' comparison describes it: the sliced Wasserstein distance in
 place of the MMD, in both directions, plus the transport cost.
-NOTE: we could not open the SWOT-Flow paper, so its exact weighting or schedule may differ. Its
-authors' public code (GitHub FlorentinCDX/SWOT-Flow, ``run_qualitative_exemples.py``) computes
-the distance on the full sample sets at every step and raises the cost weight from 0 late in
-training. Here SWOT-Flow shares the other methods' batches and keeps beta fixed.
+NOTE: this reading is not checked against the SWOT-Flow paper, so its exact weighting or
+schedule may differ. Its authors' public code (GitHub FlorentinCDX/SWOT-Flow,
+``run_qualitative_exemples.py``) computes the distance on the full sample sets at every step and
+raises the cost weight from 0 late in training. Here SWOT-Flow shares the other methods' batches
+and keeps beta fixed.
 """
 
 from __future__ import annotations
