@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -132,3 +133,34 @@ def test_evaluate_cli_rejects_cache_without_model(cache_dir, tmp_path, capsys):
 
     assert code == 1
     assert "--cache needs at least one --model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda card: card.pop("method"), "missing field 'method'"),
+        (lambda card: card.update(method="pix2pix"), "invalid field 'method': it is 'pix2pix'"),
+        (lambda card: card.pop("checkpoint"), "missing field 'checkpoint'"),
+        (lambda card: card.update(train_seconds="fast"), "invalid field 'train_seconds'"),
+        (lambda card: card.update(epochs=1.5), "invalid field 'epochs': it must be a JSON integer"),
+        (lambda card: card.update(pair="t1flair"), "invalid field 'pair': it is 't1flair'"),
+        (lambda card: card["intensity"].pop("t2"), "'intensity': it has modalities ['t1']"),
+    ],
+)
+def test_edited_baseline_card_rejected(cache_dir, histogram_dir, tmp_path, capsys, change, field):
+    model = tmp_path / "histogram"
+    shutil.copytree(histogram_dir, model)
+    card_path = model / "baseline.json"
+    card = json.loads(card_path.read_text())
+    change(card)
+    card_path.write_text(json.dumps(card))
+
+    code = main(["evaluate", "--cache", str(cache_dir), "--model", str(model), "--out", str(tmp_path / "report"),
+                 "--quiet"])
+
+    assert code == 1
+    message = capsys.readouterr().err
+    assert str(card_path) in message
+    assert field in message
+    assert "symot-med baseline train" in message
+    assert not (tmp_path / "report").exists()

@@ -30,6 +30,7 @@ from symot_med.baselines.cyclegan import CycleGAN
 from symot_med.baselines.histogram import foreground_quantiles
 from symot_med.baselines.networks import NetworkConfig, count_parameters
 from symot_med.baselines.unit import UNIT
+from symot_med.card_check import CardChecker
 from symot_med.data.slices import SliceCache
 from symot_med.device import resolve_device
 from symot_med.io import read_json, resolve_from_folder, write_json
@@ -398,5 +399,24 @@ def read_baseline_card(model_dir: str | Path) -> dict:
     if not card_path.is_file():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med baseline train`")
     card = read_json(card_path)
+    check_baseline_card(card, card_path)
     card["checkpoint"] = resolve_from_folder(card["checkpoint"], model_dir)
     return card
+
+
+def check_baseline_card(card: object, card_path: Path) -> None:
+    """Raise ValueError naming ``card_path`` and the first missing or invalid field of a baseline card.
+
+    Checks the fields that translation and ``symot-med evaluate`` read: the method, pair,
+    profile, intensity scales, checkpoint and training budget.
+    """
+    checker = CardChecker(card_path, "symot-med baseline train")
+    checker.check_common(card)
+    checker.expect("method", str, card, "method")
+    if card["method"] not in METHODS:
+        checker.invalid(f"invalid field 'method': it is {card['method']!r}, expected one of {list(METHODS)}")
+    checker.expect("checkpoint", str, card, "checkpoint")
+    for key, kind in (
+        ("epochs", int), ("train_seconds", (int, float)), ("parameters_translation", int), ("parameters_total", int),
+    ):
+        checker.expect(key, kind, card, key)

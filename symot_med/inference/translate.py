@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +22,8 @@ import torch
 
 from symot_med import __version__
 from symot_med.bundle.network import TranslationNetwork
-from symot_med.config import PAIRS, Direction, Pair, Profile, get_pair
+from symot_med.card_check import CardChecker
+from symot_med.config import Direction, Pair, Profile, get_pair
 from symot_med.data.layouts import match_layout
 from symot_med.data.transforms import (
     CT_RANGE_HU,
@@ -153,77 +153,28 @@ def read_model_card(model_dir: str | Path) -> dict:
     return card
 
 
-# Names of the JSON types that ``check_model_card`` expects, for its messages.
-JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
-
-
 def check_model_card(card: object, card_path: Path) -> None:
     """Raise ValueError naming ``card_path`` and the first missing or invalid field of a model card.
 
     Cards are written by ``write_model_card``, so this catches hand edits and damaged files
     before they surface as a bare KeyError or TypeError.
     """
-
-    def invalid(problem: str) -> NoReturn:
-        raise ValueError(
-            f"{card_path}: {problem}. Restore the file written by `symot-med train-flow`, or rerun that "
-            "command into a new folder."
-        )
-
-    def expect(key: str, kind: type | tuple[type, ...], where: dict, label: str) -> None:
-        if key not in where:
-            invalid(f"missing field {label!r}")
-        if not isinstance(where[key], kind) or isinstance(where[key], bool):
-            invalid(f"invalid field {label!r}: it must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}")
-
-    if not isinstance(card, dict):
-        invalid(f"invalid content: it must contain a JSON object, got {type(card).__name__}")
-
-    expect("pair", str, card, "pair")
-    if card["pair"] not in PAIRS:
-        invalid(f"invalid field 'pair': it is {card['pair']!r}, expected one of {sorted(PAIRS)}")
-    modalities = sorted(get_pair(card["pair"]).modalities())
-    expect("flow", str, card, "flow")
-
-    expect("profile", dict, card, "profile")
-    unknown = sorted(set(card["profile"]) - {field.name for field in fields(Profile)})
-    if unknown:
-        invalid(f"invalid field 'profile': it has unknown keys {unknown}")
-    for key, kind, length in (("spacing", (int, float), 3), ("slice_size", int, 2)):
-        value = card["profile"].get(key)
-        is_list = isinstance(value, list) and len(value) == length
-        if not is_list or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            invalid(f"invalid field 'profile.{key}': it must be a list of {length} {JSON_TYPE_NAMES[kind]}s, got {value!r}")
-    for key in ("name", "dataset"):
-        expect(key, str, card["profile"], f"profile.{key}")
-
-    expect("intensity", dict, card, "intensity")
-    if sorted(card["intensity"]) != modalities:
-        invalid(
-            f"invalid field 'intensity': it has modalities {sorted(card['intensity'])}, expected {modalities} "
-            f"for pair {card['pair']!r}"
-        )
-    for modality, scale in card["intensity"].items():
-        expect(modality, dict, card["intensity"], f"intensity.{modality}")
-        for bound in ("low", "high"):
-            expect(bound, (int, float), scale, f"intensity.{modality}.{bound}")
+    checker = CardChecker(card_path, "symot-med train-flow")
+    modalities = checker.check_common(card)
+    checker.expect("flow", str, card, "flow")
 
     if "autoencoders" in card:
-        expect("autoencoders", dict, card, "autoencoders")
-        if sorted(card["autoencoders"]) != modalities:
-            invalid(
-                f"invalid field 'autoencoders': it has modalities {sorted(card['autoencoders'])}, expected "
-                f"{modalities} for pair {card['pair']!r}"
-            )
+        checker.expect("autoencoders", dict, card, "autoencoders")
+        checker.expect_modalities("autoencoders", card, modalities)
         for modality in card["autoencoders"]:
-            expect(modality, str, card["autoencoders"], f"autoencoders.{modality}")
+            checker.expect(modality, str, card["autoencoders"], f"autoencoders.{modality}")
         return
 
     # Older cards name one shared autoencoder and the pair's two modalities.
     for key in ("autoencoder", "source", "target"):
-        expect(key, str, card, key)
+        checker.expect(key, str, card, key)
     if sorted([card["source"], card["target"]]) != modalities:
-        invalid(
+        checker.invalid(
             f"invalid fields 'source' and 'target': they are {card['source']!r} and {card['target']!r}, "
             f"expected {modalities} for pair {card['pair']!r}"
         )

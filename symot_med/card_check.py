@@ -1,0 +1,84 @@
+"""Field checks of the JSON model cards that `symot-med train-flow` and `symot-med baseline train` write.
+
+A card is checked when it is read, so a hand-edited or damaged file fails with its path, the
+first missing or invalid field and the fix, instead of a bare KeyError or TypeError later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import NoReturn
+
+from symot_med.config import PAIRS, Profile, get_pair
+
+# Names of the JSON types that the checks expect, for their messages.
+JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
+
+
+class CardChecker:
+    """Check the fields of one card and raise ValueError naming the file, the field and the fix.
+
+    Args:
+        card_path: the card file, named in every message.
+        command: the command that writes this kind of card, such as ``symot-med train-flow``.
+    """
+
+    def __init__(self, card_path: Path, command: str) -> None:
+        self.card_path = card_path
+        self.command = command
+
+    def invalid(self, problem: str) -> NoReturn:
+        """Raise ValueError with ``problem`` and the fix."""
+        raise ValueError(
+            f"{self.card_path}: {problem}. Restore the file written by `{self.command}`, or rerun that "
+            "command into a new folder."
+        )
+
+    def expect(self, key: str, kind: type | tuple[type, ...], where: dict, label: str) -> None:
+        """Raise unless ``where[key]`` exists and has the JSON type ``kind``; ``label`` names it."""
+        if key not in where:
+            self.invalid(f"missing field {label!r}")
+        if not isinstance(where[key], kind) or isinstance(where[key], bool):
+            self.invalid(f"invalid field {label!r}: it must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}")
+
+    def check_common(self, card: object) -> list[str]:
+        """Check the fields every card has: pair, profile and intensity; return the pair's modalities, sorted."""
+        if not isinstance(card, dict):
+            self.invalid(f"invalid content: it must contain a JSON object, got {type(card).__name__}")
+
+        self.expect("pair", str, card, "pair")
+        if card["pair"] not in PAIRS:
+            self.invalid(f"invalid field 'pair': it is {card['pair']!r}, expected one of {sorted(PAIRS)}")
+        modalities = sorted(get_pair(card["pair"]).modalities())
+
+        self.expect("profile", dict, card, "profile")
+        unknown = sorted(set(card["profile"]) - {field.name for field in fields(Profile)})
+        if unknown:
+            self.invalid(f"invalid field 'profile': it has unknown keys {unknown}")
+        for key, kind, length in (("spacing", (int, float), 3), ("slice_size", int, 2)):
+            value = card["profile"].get(key)
+            is_list = isinstance(value, list) and len(value) == length
+            if not is_list or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                self.invalid(
+                    f"invalid field 'profile.{key}': it must be a list of {length} {JSON_TYPE_NAMES[kind]}s, "
+                    f"got {value!r}"
+                )
+        for key in ("name", "dataset"):
+            self.expect(key, str, card["profile"], f"profile.{key}")
+
+        self.expect("intensity", dict, card, "intensity")
+        self.expect_modalities("intensity", card, modalities)
+        for modality, scale in card["intensity"].items():
+            self.expect(modality, dict, card["intensity"], f"intensity.{modality}")
+            for bound in ("low", "high"):
+                self.expect(bound, (int, float), scale, f"intensity.{modality}.{bound}")
+        return modalities
+
+    def expect_modalities(self, key: str, card: dict, modalities: list[str]) -> None:
+        """Raise unless the keys of the object ``card[key]`` are the pair's ``modalities``."""
+        if sorted(card[key]) != modalities:
+            self.invalid(
+                f"invalid field {key!r}: it has modalities {sorted(card[key])}, expected {modalities} "
+                f"for pair {card['pair']!r}"
+            )
