@@ -23,6 +23,7 @@ from symot_med.bundle.network import build_translation_network, load_translation
 from symot_med.config import Profile, get_pair
 from symot_med.data.layouts import discover_cases
 from symot_med.data.slices import SliceCache, split_cases
+from symot_med.data.transforms import WarnCroppedForegroundd
 from symot_med.evaluation.metrics import score_volume
 from symot_med.inference.translate import Translator, write_model_card
 from symot_med.training.checkpoints import load_checkpoint, save_checkpoint
@@ -517,5 +518,29 @@ def test_parsed_inference_config_builds_bundle_preprocessing():
 
     assert names == [
         "LoadNiftid", "EnsureChannelFirstd", "ForegroundMaskd", "Orientationd", "Spacingd",
-        "CropForegroundd", "ResizeWithPadOrCropd", "NormaliseModalityd",
+        "CropForegroundd", "WarnCroppedForegroundd", "ResizeWithPadOrCropd", "NormaliseModalityd",
     ]
+
+
+@pytest.mark.parametrize("pair_name", ["t1t2", "ctmr"])
+def test_bundle_preprocessing_warns_on_cropped_head(pair_name, tmp_path, monkeypatch, caplog):
+    # A foreground box 46 voxels of 2 mm wide, in a bundle whose slice is 32 voxels wide.
+    monkeypatch.setattr(WarnCroppedForegroundd, "warnings_logged", 0)
+    caplog.set_level("WARNING", logger="symot_med.data.transforms")
+    values = np.zeros((50, 30, 10), dtype=np.float32)
+    values[2:48, 5:25, 2:8] = 500.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    image = write_nifti(tmp_path / "wide.nii.gz", values, affine)
+    mask = write_nifti(tmp_path / "mask.nii.gz", (values > 0).astype(np.uint8), affine)
+    parser = ConfigParser()
+    parser.read_config(config(pair_name, "inference"))
+    parser["spacing"] = [2.0, 2.0, 2.0]
+    parser["slice_size"] = [32, 32]
+
+    output = parser.get_parsed_content("preprocessing")({"image": str(image), "mask": str(mask)})
+
+    assert tuple(output["image"].shape[1:3]) == (32, 32)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1
+    assert "wide.nii.gz" in messages[0]
+    assert "leaves out" in messages[0]
