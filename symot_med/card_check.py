@@ -6,11 +6,15 @@ first missing or invalid field and the fix, instead of a bare KeyError or TypeEr
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
 
 from symot_med.config import PAIRS, Profile, get_pair
+
+# Data sets that a profile can name.
+DATASETS = ("brats", "synthrad")
 
 # Names of the JSON types that the checks expect, for their messages.
 JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", (int, float): "number", int: "integer"}
@@ -42,6 +46,20 @@ class CardChecker:
         if not isinstance(where[key], kind) or isinstance(where[key], bool):
             self.invalid(f"invalid field {label!r}: it must be a JSON {JSON_TYPE_NAMES[kind]}, got {where[key]!r}")
 
+    def expect_count(self, key: str, where: dict, label: str) -> None:
+        """Raise unless ``where[key]`` is a non-negative JSON integer."""
+        self.expect(key, int, where, label)
+        if where[key] < 0:
+            self.invalid(f"invalid field {label!r}: it must be 0 or more, got {where[key]!r}")
+
+    def expect_finite(self, key: str, where: dict, label: str, minimum: float | None = None) -> None:
+        """Raise unless ``where[key]`` is a finite JSON number, and at least ``minimum`` when given."""
+        self.expect(key, (int, float), where, label)
+        if not math.isfinite(where[key]):
+            self.invalid(f"invalid field {label!r}: it must be a finite number, got {where[key]!r}")
+        if minimum is not None and where[key] < minimum:
+            self.invalid(f"invalid field {label!r}: it must be {minimum} or more, got {where[key]!r}")
+
     def check_common(self, card: object) -> list[str]:
         """Check the fields every card has: pair, profile and intensity; return the pair's modalities, sorted."""
         if not isinstance(card, dict):
@@ -64,15 +82,35 @@ class CardChecker:
                     f"invalid field 'profile.{key}': it must be a list of {length} {JSON_TYPE_NAMES[kind]}s, "
                     f"got {value!r}"
                 )
+        profile = card["profile"]
+        if not all(math.isfinite(v) and v > 0 for v in profile["spacing"]):
+            self.invalid(
+                f"invalid field 'profile.spacing': voxel sizes must be finite and positive, got {profile['spacing']!r}"
+            )
+        if not all(v > 0 for v in profile["slice_size"]):
+            self.invalid(
+                f"invalid field 'profile.slice_size': both sizes must be positive, got {profile['slice_size']!r}"
+            )
         for key in ("name", "dataset"):
-            self.expect(key, str, card["profile"], f"profile.{key}")
+            self.expect(key, str, profile, f"profile.{key}")
+        if profile["dataset"] not in DATASETS:
+            self.invalid(
+                f"invalid field 'profile.dataset': it is {profile['dataset']!r}, expected one of {list(DATASETS)}"
+            )
+        if "min_foreground" in profile:
+            self.expect_finite("min_foreground", profile, "profile.min_foreground", minimum=0.0)
 
         self.expect("intensity", dict, card, "intensity")
         self.expect_modalities("intensity", card, modalities)
         for modality, scale in card["intensity"].items():
             self.expect(modality, dict, card["intensity"], f"intensity.{modality}")
             for bound in ("low", "high"):
-                self.expect(bound, (int, float), scale, f"intensity.{modality}.{bound}")
+                self.expect_finite(bound, scale, f"intensity.{modality}.{bound}")
+            if scale["low"] >= scale["high"]:
+                self.invalid(
+                    f"invalid field 'intensity.{modality}': low ({scale['low']!r}) must be below high "
+                    f"({scale['high']!r})"
+                )
         return modalities
 
     def expect_modalities(self, key: str, card: dict, modalities: list[str]) -> None:

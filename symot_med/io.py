@@ -78,8 +78,12 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder, not a JSON file") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid JSON: it is not UTF-8 text") from None
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> Path:

@@ -164,3 +164,37 @@ def test_edited_baseline_card_rejected(cache_dir, histogram_dir, tmp_path, capsy
     assert field in message
     assert "symot-med baseline train" in message
     assert not (tmp_path / "report").exists()
+
+
+def test_folder_of_other_method_rejected(cache_dir, histogram_dir, tmp_path):
+    model = tmp_path / "histogram"
+    shutil.copytree(histogram_dir, model)
+    checkpoint = (model / "baseline.pt").read_bytes()
+
+    with pytest.raises(ValueError, match="contains a 'histogram' baseline, not 'unit'"):
+        train_baseline_stage("unit", cache_dir, model, BaselineTrainConfig(), NetworkConfig(), "cpu", progress=False)
+
+    assert (model / "baseline.pt").read_bytes() == checkpoint
+
+
+def test_folder_of_other_pair_rejected(cache_dir, histogram_dir, tmp_path):
+    model = tmp_path / "histogram"
+    shutil.copytree(histogram_dir, model)
+    card_path = model / "baseline.json"
+    card = json.loads(card_path.read_text())
+    card["pair"] = "ctmr"
+    card_path.write_text(json.dumps(card))
+
+    with pytest.raises(ValueError, match="with pair 'ctmr', but .* has 't1t2'"):
+        train_baseline_stage("histogram", cache_dir, model, BaselineTrainConfig(), NetworkConfig(), "cpu", progress=False)
+
+
+def test_baseline_translate_accepts_card_file(cache_dir, histogram_dir, tmp_path):
+    cache = SliceCache.open(cache_dir)
+    source = cache.source_file(cache.case_ids("test")[0], "t1")
+
+    code = main(["baseline", "translate", str(source), "--model", str(histogram_dir / "baseline.json"), "--direction", "forward",
+                 "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+
+    assert code == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{source.parent.name}_t1_to_t2.nii.gz"]

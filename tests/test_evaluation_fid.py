@@ -158,6 +158,14 @@ def test_missing_weights_path_raises(tmp_path):
         resolve_inception_weights(tmp_path / "absent.pt")
 
 
+def test_text_file_as_weights_raises(tmp_path):
+    weights = tmp_path / "weights.pt"
+    weights.write_text("not a TorchScript archive\n")
+
+    with pytest.raises(ValueError, match="cannot load the Inception weights .*weights.pt"):
+        InceptionFeatures(weights)
+
+
 def test_real_inception_weights():
     weights = find_inception_weights()
     if weights is None:

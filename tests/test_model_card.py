@@ -48,6 +48,14 @@ def test_written_card_reads_back(card_path):
         (lambda card: card["profile"].update(spacing=[1.0, 2.0]), "'profile.spacing': it must be a list of 3 numbers"),
         (lambda card: card["profile"].update(slice_size=[96, 96.5]), "'profile.slice_size': it must be a list of 2 integers"),
         (lambda card: card["profile"].update(zoom=2), "unknown keys ['zoom']"),
+        (lambda card: card["intensity"]["t1"].update(low=float("nan")), "'intensity.t1.low': it must be a finite number"),
+        (lambda card: card["intensity"]["t2"].update(high=float("inf")), "'intensity.t2.high': it must be a finite number"),
+        (lambda card: card["intensity"]["t1"].update(low=900.0), "'intensity.t1': low (900.0) must be below high"),
+        (lambda card: card["profile"].update(spacing=[2.0, 0.0, 2.0]), "'profile.spacing': voxel sizes must be finite"),
+        (lambda card: card["profile"].update(slice_size=[0, 0]), "'profile.slice_size': both sizes must be positive"),
+        (lambda card: card["profile"].update(slice_size=[96, 100]), "'profile.slice_size': the autoencoder needs multiples of 8"),
+        (lambda card: card["profile"].update(dataset="bogus"), "'profile.dataset': it is 'bogus'"),
+        (lambda card: card["profile"].update(min_foreground="some"), "'profile.min_foreground'"),
         (
             lambda card: card.update(autoencoder=card.pop("autoencoders")["t1"], source="ct", target="mr"),
             "'source' and 'target': they are 'ct' and 'mr'",
@@ -88,3 +96,19 @@ def test_card_not_json_object(card_path):
 def test_card_file_name_accepted(card_path):
     assert card_path.name == MODEL_FILE
     assert read_model_card(card_path)["pair"] == "t1t2"
+
+
+def test_card_not_utf8(card_path):
+    card_path.write_bytes(bytes(range(128, 256)))
+
+    with pytest.raises(ValueError, match="is not valid JSON: it is not UTF-8 text") as caught:
+        read_model_card(card_path.parent)
+
+    assert str(card_path) in str(caught.value)
+
+
+def test_card_folder_not_reported_missing(tmp_path):
+    (tmp_path / MODEL_FILE).mkdir()
+
+    with pytest.raises(ValueError, match="is a folder, not a JSON file"):
+        read_model_card(tmp_path)

@@ -121,6 +121,28 @@ def test_load_checkpoint_text_file_names_file(tmp_path):
         load_checkpoint(path)
 
 
+def test_load_checkpoint_truncated_file(tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", {"weights": torch.randn(64, 64)})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(ValueError, match="model.pt is not a readable symot-med checkpoint") as caught:
+        load_checkpoint(path)
+
+    assert "truncated" in str(caught.value)
+
+
+def test_load_checkpoint_hides_unsafe_advice(tmp_path):
+    # torch's message for a pickle that weights_only rejects suggests weights_only=False.
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "other", "object": slice(1, 2)}, path)
+
+    with pytest.raises(ValueError, match="pickled.pt") as caught:
+        load_checkpoint(path)
+
+    assert "weights_only" not in str(caught.value)
+
+
 def test_load_checkpoint_foreign_torch_file(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save({"state": torch.zeros(1)}, path)

@@ -347,6 +347,7 @@ def train_baseline_stage(
     final = out_dir / FINAL_NAME
 
     if final.is_file():
+        check_existing_baseline(final, method, cache, config, network)
         logger.info("baseline %s exists; skipping training", final)
     else:
         slices_a = cache.slices(pair_modalities["source"], "train")
@@ -358,6 +359,43 @@ def train_baseline_stage(
 
     write_baseline_card(out_dir, cache)
     return out_dir
+
+
+def check_existing_baseline(
+    final: Path, method: str, cache: SliceCache, config: BaselineTrainConfig, network: NetworkConfig
+) -> None:
+    """Raise ValueError when the trained ``final`` checkpoint is another method or was trained on
+    another pair or profile than ``cache``, and warn when its GAN settings differ from the
+    requested ones, which a skipped training does not apply."""
+    record = load_checkpoint(final)
+    if record.get("method") != method:
+        raise ValueError(
+            f"{final} contains a {record.get('method')!r} baseline, not {method!r}; choose another --out "
+            "folder for this method"
+        )
+
+    card_path = final.parent / CARD_NAME
+    card = read_json(card_path) if card_path.is_file() else {}
+    for key in ("pair", "profile"):
+        if isinstance(card, dict) and key in card and card[key] != cache.manifest[key]:
+            raise ValueError(
+                f"{final} was trained on a slice cache with {key} {card[key]!r}, but {cache.folder} has "
+                f"{cache.manifest[key]!r}; choose another --out folder for this cache"
+            )
+    if isinstance(card, dict) and "cache" in card and Path(card["cache"]) != Path(cache.folder).resolve():
+        logger.warning(
+            "%s was trained on the slice cache %s; it is kept for %s, which has the same pair and profile",
+            final, card["cache"], cache.folder,
+        )
+
+    if method in GAN_METHODS:
+        for key, requested in (("network", network.to_dict()), ("train_config", config.to_dict())):
+            if record.get(key) != requested:
+                logger.warning(
+                    "%s was trained with %s %s, not the requested %s, and training is skipped because it "
+                    "exists; choose another --out folder to train with the requested settings",
+                    final, key, record.get(key), requested,
+                )
 
 
 def write_baseline_card(out_dir: Path, cache: SliceCache) -> Path:
@@ -393,10 +431,12 @@ def write_baseline_card(out_dir: Path, cache: SliceCache) -> Path:
 
 
 def read_baseline_card(model_dir: str | Path) -> dict:
-    """Return ``baseline.json`` of ``model_dir`` with an absolute checkpoint path, raising
-    FileNotFoundError naming the card when it is absent."""
+    """Return ``baseline.json`` of ``model_dir`` (the folder, or the card file itself) with an
+    absolute checkpoint path, raising FileNotFoundError naming the card when it is absent."""
+    if Path(model_dir).name == CARD_NAME and Path(model_dir).is_file():
+        model_dir = Path(model_dir).parent
     card_path = Path(model_dir) / CARD_NAME
-    if not card_path.is_file():
+    if not card_path.exists():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med baseline train`")
     card = read_json(card_path)
     check_baseline_card(card, card_path)
@@ -416,7 +456,6 @@ def check_baseline_card(card: object, card_path: Path) -> None:
     if card["method"] not in METHODS:
         checker.invalid(f"invalid field 'method': it is {card['method']!r}, expected one of {list(METHODS)}")
     checker.expect("checkpoint", str, card, "checkpoint")
-    for key, kind in (
-        ("epochs", int), ("train_seconds", (int, float)), ("parameters_translation", int), ("parameters_total", int),
-    ):
-        checker.expect(key, kind, card, key)
+    for key in ("epochs", "parameters_translation", "parameters_total"):
+        checker.expect_count(key, card, key)
+    checker.expect_finite("train_seconds", card, "train_seconds", minimum=0.0)

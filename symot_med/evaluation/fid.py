@@ -256,7 +256,13 @@ class InceptionFeatures:
         with warnings.catch_warnings():
             # torch 2.13 deprecates torch.jit.load; these weights are published only as TorchScript.
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
-            self.network = torch.jit.load(str(self.weights), map_location=self.device).eval()
+            try:
+                self.network = torch.jit.load(str(self.weights), map_location=self.device).eval()
+            except (RuntimeError, ValueError, OSError) as error:
+                raise ValueError(
+                    f"cannot load the Inception weights {self.weights} with torch.jit.load "
+                    f"({type(error).__name__}); pass the TorchScript file default_1.pt"
+                ) from error
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:

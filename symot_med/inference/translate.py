@@ -138,7 +138,7 @@ def read_model_card(model_dir: str | Path) -> dict:
     if Path(model_dir).name == MODEL_FILE and Path(model_dir).is_file():
         model_dir = Path(model_dir).parent
     card_path = Path(model_dir) / MODEL_FILE
-    if not card_path.is_file():
+    if not card_path.exists():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
     card = read_json(card_path)
     check_model_card(card, card_path)
@@ -161,6 +161,11 @@ def check_model_card(card: object, card_path: Path) -> None:
     """
     checker = CardChecker(card_path, "symot-med train-flow")
     modalities = checker.check_common(card)
+    if any(size % 8 for size in card["profile"]["slice_size"]):
+        checker.invalid(
+            f"invalid field 'profile.slice_size': the autoencoder needs multiples of 8, got "
+            f"{card['profile']['slice_size']!r}"
+        )
     checker.expect("flow", str, card, "flow")
 
     if "autoencoders" in card:

@@ -29,8 +29,10 @@ VERSIONED_PACKAGES = ("torch", "monai", "FrEIA")
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
 # torch.load on a file that is not a torch archive fails in several ways, depending on its first
-# bytes (torch 2.13 raises KeyError for a text file and EOFError for an empty one).
+# bytes (torch 2.13 raises KeyError for a text file, EOFError for an empty one and OSError for a
+# truncated archive).
 _LOAD_ERRORS = (
+    OSError,
     pickle.UnpicklingError,
     RuntimeError,
     EOFError,
@@ -100,8 +102,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except _LOAD_ERRORS as err:
+        # torch's own message can advise weights_only=False, which would run code from the file,
+        # so only the error type is shown; --debug prints the whole chain.
         raise ValueError(
-            f"{path} is not a readable symot-med checkpoint (torch.load failed: {err})"
+            f"{path} is not a readable symot-med checkpoint (torch.load raised {type(err).__name__}); "
+            "the file may be truncated or of another kind. Restore the file that symot-med wrote, or "
+            "retrain into a new folder."
         ) from err
 
     if not isinstance(record, dict) or record.get("format") != FORMAT:
