@@ -198,3 +198,14 @@ def test_baseline_translate_accepts_card_file(cache_dir, histogram_dir, tmp_path
 
     assert code == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{source.parent.name}_t1_to_t2.nii.gz"]
+
+
+def test_evaluate_rejects_work_dir_in_cache(cache_dir, histogram_dir, tmp_path, capsys):
+    work = Path(cache_dir) / "work"
+
+    code = main(["evaluate", "--cache", str(cache_dir), "--model", str(histogram_dir), "--out", str(tmp_path / "report"),
+                 "--work-dir", str(work), "--quiet"])
+
+    assert code == 1
+    assert f"--work-dir {work} lies inside the slice cache" in capsys.readouterr().err
+    assert not work.exists()

@@ -108,3 +108,43 @@ def test_latent_study_page_folder_not_creatable(tmp_path, capsys):
     assert code == 1
     assert f"--page: cannot create the folder {blocker}" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def _fake_cache(folder, pair="t1t2"):
+    """A folder whose manifest is enough for the command's checks before any training."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"version": MANIFEST_VERSION, "pair": pair}))
+    return folder
+
+
+def test_latent_study_rejects_pairs_with_cache(tmp_path, capsys):
+    cache = _fake_cache(tmp_path / "cache")
+
+    code = main(["latent-study", "--cache", str(cache), "--work", str(tmp_path / "work"), "--pairs", "ctmr",
+                 "--page", str(tmp_path / "study.md"), "--quiet"])
+
+    assert code == 1
+    assert "--pairs applies to --demo-dir only" in capsys.readouterr().err
+
+
+def test_latent_study_rejects_repeated_pair(tmp_path, capsys):
+    first = _fake_cache(tmp_path / "first")
+    second = _fake_cache(tmp_path / "second")
+
+    code = main(["latent-study", "--cache", str(first), str(second), "--work", str(tmp_path / "work"),
+                 "--page", str(tmp_path / "study.md"), "--quiet"])
+
+    assert code == 1
+    assert "more than one cache of pair t1t2" in capsys.readouterr().err
+    assert not (tmp_path / "study.md").exists()
+
+
+def test_latent_study_rejects_work_in_cache(tmp_path, capsys):
+    cache = _fake_cache(tmp_path / "cache")
+
+    code = main(["latent-study", "--cache", str(cache), "--work", str(cache / "study"),
+                 "--page", str(tmp_path / "study.md"), "--quiet"])
+
+    assert code == 1
+    assert f"--work {cache / 'study'} lies inside the slice cache {cache}" in capsys.readouterr().err
+    assert not (cache / "study").exists()

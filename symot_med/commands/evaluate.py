@@ -82,5 +82,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"two --model folders hold the same method ({names}); compare one model per method")
     work_dir = args.work_dir if args.work_dir is not None else args.out / "work"
+    for option, folder in (("--work-dir", work_dir), ("--out", args.out)):
+        if folder.resolve() == args.cache.resolve() or args.cache.resolve() in folder.resolve().parents:
+            raise ValueError(f"{option} {folder} lies inside the slice cache {args.cache}; choose a folder outside it")
     run_comparison({pair: (args.cache, methods)}, work_dir, args.out, settings, command, progress=not args.quiet)
     return 0

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--cache", type=Path, nargs="+", help="slice cache folders from `prepare` (one per pair)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the trained models, reruns resume "
                         "(default: DEMO_DIR/latent_study; required with --cache)")
-    parser.add_argument("--pairs", nargs="+", choices=["t1t2", "ctmr"], default=["t1t2", "ctmr"],
+    parser.add_argument("--pairs", nargs="+", choices=["t1t2", "ctmr"], default=None,
                         help="with --demo-dir: pairs to study (default: both)")
     parser.add_argument("--page", type=Path, default=DEFAULT_PAGE, help=f"markdown page to write (default: {DEFAULT_PAGE})")
     parser.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the demo profile's)")
@@ -58,7 +58,8 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
     device = str(resolve_device(args.device))
     if args.demo_dir is not None:
-        pair_dirs = [args.demo_dir / name for name in args.pairs if (args.demo_dir / name / "cache").is_dir()]
+        pair_names = args.pairs or ["t1t2", "ctmr"]
+        pair_dirs = [args.demo_dir / name for name in dict.fromkeys(pair_names) if (args.demo_dir / name / "cache").is_dir()]
         if not pair_dirs:
             raise FileNotFoundError(
                 f"{args.demo_dir} has no slice cache (t1t2/cache or ctmr/cache); run `symot-med demo --out {args.demo_dir}` first"
@@ -68,11 +69,19 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     else:
         if args.work is None:
             raise ValueError("--work is required with --cache")
+        if args.pairs is not None:
+            raise ValueError("--pairs applies to --demo-dir only; with --cache, list the cache of each pair to study")
         jobs = [(cache, None) for cache in args.cache]
         work = args.work
 
     # Open every cache before the page's folder is created, so a wrong path leaves nothing behind.
     pairs = [SliceCache.open(cache).manifest["pair"] for cache, _ in jobs]
+    repeated = sorted({pair for pair in pairs if pairs.count(pair) > 1})
+    if repeated:
+        raise ValueError(f"--cache lists more than one cache of pair {', '.join(repeated)}; pass one cache per pair")
+    for cache, _ in jobs:
+        if work.resolve() == cache.resolve() or cache.resolve() in work.resolve().parents:
+            raise ValueError(f"--work {work} lies inside the slice cache {cache}; choose a folder outside it")
     try:
         args.page.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -338,13 +338,21 @@ MASK_HINT = "pass a NIfTI mask on the input image's voxel grid (non-zero inside)
 
 
 def check_resampled_size(path: Path, image: nib.spatialimages.SpatialImage, profile: Profile) -> None:
-    """Raise ValueError naming ``path`` when resampling to the profile's spacing would give a huge grid.
+    """Raise ValueError naming ``path`` when the header's affine is degenerate, or when resampling
+    to the profile's spacing would give a huge grid.
 
     The resampled shape is estimated as the field of view (shape times the voxel size, the
     column norms of the affine, in mm) over the profile's spacing, before any memory is taken.
     """
     shape = np.asarray(image.shape[:3], dtype=float)
-    voxel_mm = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
+    linear = np.asarray(image.affine, dtype=float)[:3, :3]
+    voxel_mm = np.linalg.norm(linear, axis=0)
+    if not np.isfinite(linear).all() or np.linalg.matrix_rank(linear) < 3:
+        raise ValueError(
+            f"{path}: the affine in the header is degenerate (voxel axes of {_dims(voxel_mm)} mm, rotation and "
+            "scaling part not invertible), so the voxels have no position in space. Fix the sform or qform (and "
+            "pixdim) in the file's header."
+        )
     resampled = np.ceil(shape * voxel_mm / np.asarray(profile.spacing, dtype=float))
     if np.prod(resampled) > MAX_RESAMPLED_VOXELS:
         raise ValueError(

@@ -62,20 +62,25 @@ VARIANTS = {
 LAYOUT_VARIANTS = {"shared": "shared, quantized, snap", "separate": "separate, quantized, snap"}
 
 
-def _check_reused(path: Path, expected: dict[str, dict]) -> None:
-    """Raise ValueError naming ``path`` unless its checkpoint was trained with ``expected`` configs."""
+def _check_reused(path: Path, expected: dict[str, dict], fix: str) -> None:
+    """Raise ValueError naming ``path`` and the ``fix`` unless its checkpoint was trained with ``expected`` configs."""
     record = load_checkpoint(path)
     for key, values in expected.items():
         if record.get(key) != values:
-            raise ValueError(
-                f"{path} was trained with {key} {record.get(key)}, not the study's {values}; "
-                "train it with the same settings or let the study train its own"
-            )
+            raise ValueError(f"{path} was trained with {key} {record.get(key)}, not the study's {values}; {fix}")
+
+
+# Fixes named in the error when a model of the study's own work folder, or of a reused demo
+# folder, was trained with other settings.
+OWN_MODEL_FIX = "rerun with the epochs it was trained with, or with another --work folder so that the study trains anew"
+DEMO_MODEL_FIX = "rerun with the demo's epochs, or pass its caches with --cache so that the study trains its own models"
 
 
 def _train_autoencoder(slices: np.ndarray, out_dir: Path, config: AETrainConfig, model: VQVAE2Config, device: str, progress: bool) -> VQVAE2:
     final = out_dir / "autoencoder.pt"
-    if not final.is_file():
+    if final.is_file():
+        _check_reused(final, {"train_config": asdict(config), "model_config": asdict(model)}, OWN_MODEL_FIX)
+    else:
         train, val = _validation_split(slices, config.seed)
         train_autoencoder(train, val, out_dir, config, model, device=device, progress=progress)
     return load_autoencoder(final, device=device)
@@ -151,9 +156,9 @@ def run_latent_study(
         space = "shared" if files[pair.source] == files[pair.target] else "separate"
         ae_config = autoencoder if space == "shared" else per_modality_config(autoencoder, len(files))
         for path in set(files.values()):
-            _check_reused(path, {"train_config": asdict(ae_config), "model_config": asdict(model)})
+            _check_reused(path, {"train_config": asdict(ae_config), "model_config": asdict(model)}, DEMO_MODEL_FIX)
         default_flow = replace(flow, latents="quantized", layout="per_level")
-        _check_reused(reuse_dir / "flow" / "flow.pt", {"train_config": asdict(default_flow)})
+        _check_reused(reuse_dir / "flow" / "flow.pt", {"train_config": asdict(default_flow)}, DEMO_MODEL_FIX)
         reused_aes[space] = files
         reused_flows[(space, "quantized", "per_level")] = reuse_dir / "flow"
 
@@ -193,9 +198,11 @@ def run_latent_study(
         if (space, latents, layout) in flows:
             continue
         folder = reused_flows.get((space, latents, layout), out_dir / f"flow_{space}_{latents}_{layout}")
-        if not (folder / "flow.pt").is_file():
+        settings = replace(flow, latents=latents, layout=layout)
+        if (folder / "flow.pt").is_file():
+            _check_reused(folder / "flow.pt", {"train_config": asdict(settings)}, OWN_MODEL_FIX)
+        else:
             aes = autoencoders[space]
-            settings = replace(flow, latents=latents, layout=layout)
             train_flow(aes[pair.source], train[pair.source], train[pair.target], folder, settings,
                        device=device, progress=progress, target_ae=aes[pair.target])
         flows[(space, latents, layout)] = load_flow(folder, device=device)
