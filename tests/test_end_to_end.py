@@ -455,7 +455,7 @@ def test_inputs_with_one_output_name_rejected(trained, tmp_path, capsys):
 
     code, err = _run_cli(capsys, _translate_argv(trained["models"]["t1t2"], [first, second], tmp_path / "out"))
 
-    _assert_one_line_error(code, err, f"inputs {first} and {second} would both be written to scan_t1_t1_to_t2.nii.gz")
+    _assert_one_line_error(code, err, f"inputs {first} and {second} would both be written to scan_t1_to_t2.nii.gz")
     assert not (tmp_path / "out").exists()
 
 

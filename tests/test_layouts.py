@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from symot_med.data.layouts import LayoutError, check_nifti, discover_cases, match_layout, named_modality, read_case
+from symot_med.inference.translate import output_name
 
 
 def truncate(path: Path, keep: float = 0.6) -> None:
@@ -216,3 +217,19 @@ def test_check_nifti_rejects_complex_voxels(tmp_path):
 
     with pytest.raises(LayoutError, match="complex64 voxels; expected real integer or float intensities"):
         check_nifti(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("in/BraTS2021_00001/BraTS2021_00001_t1.nii.gz", "BraTS2021_00001_t1_to_t2.nii.gz"),
+        ("in/1BA001/mr.nii.gz", "1BA001_t1_to_t2.nii.gz"),
+        ("flat/scan_t1.nii.gz", "scan_t1_to_t2.nii.gz"),
+        ("flat/scan_T1.nii", "scan_t1_to_t2.nii.gz"),
+        ("flat/scan.nii.gz", "scan_t1_to_t2.nii.gz"),
+        ("flat/_t1.nii.gz", "_t1_t1_to_t2.nii.gz"),
+        ("flat/scan_t2.nii.gz", "scan_t2_t1_to_t2.nii.gz"),
+    ],
+)
+def test_output_name_of_input(path, expected):
+    assert output_name(Path(path), "t1", "t2") == expected

@@ -92,12 +92,16 @@ def output_name(image_path: Path, input_modality: str, output_modality: str) -> 
     """File name of a translated volume: ``<case>_<in>_to_<out>.nii.gz``.
 
     The case is the parent folder's name when it is a case folder of a known layout (so
-    SynthRAD's ``1BA001/mr.nii.gz`` and ``1BA002/mr.nii.gz`` do not collide), else the file stem.
+    SynthRAD's ``1BA001/mr.nii.gz`` and ``1BA002/mr.nii.gz`` do not collide), else the file
+    stem without a trailing ``_<in>``, so ``scan_t1.nii.gz`` gives ``scan_t1_to_t2.nii.gz``.
     """
     if match_layout(image_path.parent.name) is not None:
         case = image_path.parent.name
     else:
         case = image_path.name.removesuffix(".gz").removesuffix(".nii")
+        suffix = f"_{input_modality}"
+        if case.lower().endswith(suffix) and len(case) > len(suffix):
+            case = case[: -len(suffix)]
     return f"{case}_{input_modality}_to_{output_modality}.nii.gz"
 
 
