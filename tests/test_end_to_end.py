@@ -540,6 +540,20 @@ def test_moved_run_folder_loads(trained, tmp_path):
     assert main(_translate_argv(moved / "flow", [image], tmp_path / "out")) == 0
 
 
+def test_card_slice_size_against_flow(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["root"] / "t1t2", run, ignore=shutil.ignore_patterns("cache"))
+    card_path = run / "flow" / "model.json"
+    card = json.loads(card_path.read_text())
+    card["profile"]["slice_size"] = [4000, 4800]
+    card_path.write_text(json.dumps(card))
+
+    code, err = _run_cli(capsys, _translate_argv(run / "flow", [_test_case_file(trained, "t1t2", "t1")], tmp_path / "out"))
+
+    _assert_one_line_error(code, err, f"{card_path}: profile.slice_size [4000, 4800] gives latent maps", "was trained on")
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluate_rejects_other_pair_model(trained, tmp_path, capsys):
     code, err = _run_cli(capsys, ["evaluate", "--cache", str(trained["root"] / "t1t2" / "cache"), "--model",
                                   str(trained["models"]["ctmr"]), "--out", str(tmp_path / "eval"), "--quiet"])

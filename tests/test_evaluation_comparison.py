@@ -145,6 +145,7 @@ def test_evaluate_cli_rejects_cache_without_model(cache_dir, tmp_path, capsys):
         (lambda card: card.update(epochs=1.5), "invalid field 'epochs': it must be a JSON integer"),
         (lambda card: card.update(pair="t1flair"), "invalid field 'pair': it is 't1flair'"),
         (lambda card: card["intensity"].pop("t2"), "'intensity': it has modalities ['t1']"),
+        (lambda card: card["profile"].update(slice_size=[64, 64]), "was trained on slices of [32, 32], but profile.slice_size"),
     ],
 )
 def test_edited_baseline_card_rejected(cache_dir, histogram_dir, tmp_path, capsys, change, field):

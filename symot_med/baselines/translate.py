@@ -47,6 +47,13 @@ class BaselineTranslator(VolumeTranslator):
                 f"{card['checkpoint']} contains method {record.get('method')!r} but {CARD_NAME} names "
                 f"{self.method!r}; retrain the baseline into a new folder"
             )
+        trained_shape = record.get("data", {}).get("slice_shape")
+        if trained_shape is not None and trained_shape != list(self.profile.slice_size):
+            raise ValueError(
+                f"{card['checkpoint']} was trained on slices of {trained_shape}, but profile.slice_size in "
+                f"{Path(card['checkpoint']).parent / CARD_NAME} is {list(self.profile.slice_size)}; restore the file "
+                "written by `symot-med baseline train`"
+            )
         if self.method in GAN_METHODS:
             self.model = build_gan(self.method, NetworkConfig.from_dict(record["network"]), seed=0)
             self.model.load_state_dict(record["state_dict"])

@@ -133,15 +133,21 @@ class TranslatedVolume:
     output_modality: str
 
 
+def model_card_path(model_dir: str | Path) -> Path:
+    """Return the path of ``model.json`` for a model folder, or for the card file itself."""
+    if Path(model_dir).name == MODEL_FILE and Path(model_dir).is_file():
+        return Path(model_dir)
+    return Path(model_dir) / MODEL_FILE
+
+
 def read_model_card(model_dir: str | Path) -> dict:
     """Return the ``model.json`` of ``model_dir`` (the folder, or the card file itself) with absolute checkpoint paths.
 
     Raises:
         FileNotFoundError: naming ``model.json`` when it is absent.
     """
-    if Path(model_dir).name == MODEL_FILE and Path(model_dir).is_file():
-        model_dir = Path(model_dir).parent
-    card_path = Path(model_dir) / MODEL_FILE
+    card_path = model_card_path(model_dir)
+    model_dir = card_path.parent
     if not card_path.exists():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
     card = read_json(card_path)
@@ -326,7 +332,7 @@ class Translator(VolumeTranslator):
         for path in [*files.values(), card["flow"]]:
             if not Path(path).is_file():
                 raise FileNotFoundError(
-                    f"checkpoint {path}, named in {Path(model_dir) / MODEL_FILE}, not found; copy or move the whole "
+                    f"checkpoint {path}, named in {model_card_path(model_dir)}, not found; copy or move the whole "
                     "run folder (the model folder with its autoencoders), or train the model again"
                 )
         self.autoencoder = load_autoencoder(files[self.pair.source], device=self.device).eval()
@@ -334,8 +340,19 @@ class Translator(VolumeTranslator):
         if files[self.pair.target] != files[self.pair.source]:
             self.target_autoencoder = load_autoencoder(files[self.pair.target], device=self.device).eval()
         self.flow = load_flow(card["flow"], device=self.device).eval()
-        flow_settings = load_checkpoint(card["flow"]).get("train_config", {})
-        self.quantized_inputs = flow_settings.get("latents", "quantized") == "quantized"
+        flow_record = load_checkpoint(card["flow"])
+        self.quantized_inputs = flow_record.get("train_config", {}).get("latents", "quantized") == "quantized"
+
+        # The flow's latent maps fix the slice size, so a card whose profile gives another size
+        # would fail deep in the flow, or allocate huge slices first.
+        trained_shapes = flow_record.get("data", {}).get("latent_shapes")
+        card_shapes = [list(shape) for shape in self.autoencoder.latent_shapes(*self.profile.slice_size)]
+        if trained_shapes is not None and trained_shapes != card_shapes:
+            raise ValueError(
+                f"{model_card_path(model_dir)}: profile.slice_size {list(self.profile.slice_size)} gives latent maps "
+                f"{card_shapes}, but {card['flow']} was trained on {trained_shapes}. Restore the file written by "
+                "`symot-med train-flow`."
+            )
 
     @torch.no_grad()
     def translate_slices(self, slices: np.ndarray, direction: Direction) -> np.ndarray:
