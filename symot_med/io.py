@@ -21,6 +21,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     and ``final`` is left as it was.
     """
     final = Path(final)
+    if final.is_dir():
+        raise ValueError(f"cannot write {final}: it is a folder; move or remove that folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     suffixes = "".join(final.suffixes)
     stem = final.name[: len(final.name) - len(suffixes)] if suffixes else final.name

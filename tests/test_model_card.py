@@ -112,3 +112,15 @@ def test_card_folder_not_reported_missing(tmp_path):
 
     with pytest.raises(ValueError, match="is a folder, not a JSON file"):
         read_model_card(tmp_path)
+
+
+def test_card_write_over_folder_rejected(tmp_path):
+    (tmp_path / MODEL_FILE).mkdir()
+    intensity = {"t1": {"low": 0.0, "high": 900.0}, "t2": {"low": 0.0, "high": 1200.0}}
+
+    with pytest.raises(ValueError, match=f"cannot write {tmp_path / MODEL_FILE}: it is a folder"):
+        write_model_card(
+            tmp_path, get_pair("t1t2"), get_profile("demo", "brats"), intensity,
+            tmp_path / "autoencoder.pt", tmp_path / "flow.pt",
+        )
+    assert (tmp_path / MODEL_FILE).is_dir()
