@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from symot_med.config import PAIRS, Profile, get_pair
+from symot_med.io import read_json
 
 # Data sets that a profile can name.
 DATASETS = ("brats", "synthrad")
@@ -31,6 +32,15 @@ class CardChecker:
     def __init__(self, card_path: Path, command: str) -> None:
         self.card_path = card_path
         self.command = command
+
+    def read(self) -> object:
+        """Return the card's JSON content, raising ValueError with the fix when it is not JSON."""
+        try:
+            return read_json(self.card_path)
+        except ValueError as error:
+            raise ValueError(
+                f"{error}. Restore the file written by `{self.command}`, or rerun that command into a new folder."
+            ) from None
 
     def invalid(self, problem: str) -> NoReturn:
         """Raise ValueError with ``problem`` and the fix."""

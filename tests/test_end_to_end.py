@@ -357,7 +357,7 @@ def test_latent_study_scores_every_variant(trained, tmp_path):
 
     # A rerun with another budget must not score the first run's models under the new budget.
     other = FlowTrainConfig(**{**TINY_FLOW.__dict__, "epochs": TINY_FLOW.epochs + 1})
-    with pytest.raises(ValueError, match="flow.pt was trained with train_config .* another --work folder"):
+    with pytest.raises(ValueError, match=r"flow.pt was trained with train_config.epochs 1, where this study needs 2; .* another --work folder"):
         run_latent_study(cache, tmp_path / "study", TINY_AE, TINY_MODEL, other, device="cpu", progress=False)
 
 
@@ -396,7 +396,7 @@ def test_latent_study_reuses_demo_models(trained, tmp_path):
     assert "ae_shared" in results["seconds"]
 
     other = FlowTrainConfig(**{**TINY_FLOW.__dict__, "hidden": 4})
-    with pytest.raises(ValueError, match="flow.pt was trained with train_config"):
+    with pytest.raises(ValueError, match=r"flow.pt was trained with train_config.hidden 8, where this study needs 4"):
         run_latent_study(pair_dir / "cache", tmp_path / "other", TINY_AE, TINY_MODEL, other, device="cpu", progress=False, reuse_dir=pair_dir)
 
 

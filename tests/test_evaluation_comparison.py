@@ -186,8 +186,26 @@ def test_folder_of_other_pair_rejected(cache_dir, histogram_dir, tmp_path):
     card["pair"] = "ctmr"
     card_path.write_text(json.dumps(card))
 
-    with pytest.raises(ValueError, match="with pair 'ctmr', but .* has 't1t2'"):
+    with pytest.raises(ValueError, match="trained on a slice cache with another pair than"):
         train_baseline_stage("histogram", cache_dir, model, BaselineTrainConfig(), NetworkConfig(), "cpu", progress=False)
+
+
+def test_folder_of_other_split_rejected(cache_dir, histogram_dir, tmp_path, capsys):
+    source_root = SliceCache.open(cache_dir).manifest["source_root"]
+    other = prepare(Path(source_root), get_pair("t1t2"), PROFILE, tmp_path / "other", seed=3, test_fraction=0.5, progress=False)
+    split, other_split = SliceCache.open(cache_dir).manifest["split"], SliceCache.open(other).manifest["split"]
+    assert split["test"] != other_split["test"]
+    model = tmp_path / "histogram"
+    shutil.copytree(histogram_dir, model)
+
+    with pytest.raises(ValueError, match=r"another training data \(intensity scales\) than .* or train into another folder"):
+        train_baseline_stage("histogram", other, model, BaselineTrainConfig(), NetworkConfig(), "cpu", progress=False)
+
+    code = main(["evaluate", "--cache", str(other), "--model", str(model), "--out", str(tmp_path / "report"), "--quiet"])
+
+    assert code == 1
+    assert "was trained on another slice cache" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
 
 
 def test_baseline_translate_accepts_card_file(cache_dir, histogram_dir, tmp_path):

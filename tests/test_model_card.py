@@ -105,6 +105,13 @@ def test_card_not_utf8(card_path):
         read_model_card(card_path.parent)
 
     assert str(card_path) in str(caught.value)
+    assert "Restore the file written by `symot-med train-flow`" in str(caught.value)
+
+
+def test_card_with_byte_order_mark_reads(card_path):
+    card_path.write_bytes(b"\xef\xbb\xbf" + card_path.read_bytes())
+
+    assert read_model_card(card_path.parent)["pair"] == "t1t2"
 
 
 def test_card_folder_not_reported_missing(tmp_path):

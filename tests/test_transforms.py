@@ -210,14 +210,14 @@ def test_huge_voxels_rejected_before_resampling(tmp_path):
     assert "pixdim" in message
 
 
-@pytest.mark.parametrize("scale", [0.0, float("nan")])
-def test_degenerate_affine_rejected(tmp_path, scale):
+@pytest.mark.parametrize(("scale", "origin"), [(0.0, 0.0), (float("nan"), 0.0), (1.0, float("nan"))])
+def test_degenerate_affine_rejected(tmp_path, scale, origin):
     # nibabel builds no image from such an affine, so the header's sform rows are set directly.
     path = tmp_path / "flat.nii.gz"
     header = nib.Nifti1Header()
     header.set_data_shape((20, 20, 10))
     header.set_data_dtype(np.float32)
-    header["srow_x"], header["srow_y"], header["srow_z"] = [1.0, 0, 0, 0], [0, scale, 0, 0], [0, 0, 1.0, 0]
+    header["srow_x"], header["srow_y"], header["srow_z"] = [1.0, 0, 0, 0], [0, scale, 0, origin], [0, 0, 1.0, 0]
     header["sform_code"], header["qform_code"] = 2, 0
     nib.save(nib.Nifti1Image(smooth_ball((20, 20, 10)).astype(np.float32), None, header=header), str(path))
     profile = Profile("t", "brats", (1.0, 1.0, 1.0), (64, 64))

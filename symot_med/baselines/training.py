@@ -365,36 +365,33 @@ def check_existing_baseline(
     final: Path, method: str, cache: SliceCache, config: BaselineTrainConfig, network: NetworkConfig
 ) -> None:
     """Raise ValueError when the trained ``final`` checkpoint is another method or was trained on
-    another pair or profile than ``cache``, and warn when its GAN settings differ from the
-    requested ones, which a skipped training does not apply."""
+    another pair, profile or training data than ``cache``, and warn when its GAN settings differ
+    from the requested ones, which a skipped training does not apply."""
     record = load_checkpoint(final)
     if record.get("method") != method:
         raise ValueError(
-            f"{final} contains a {record.get('method')!r} baseline, not {method!r}; choose another --out "
-            "folder for this method"
+            f"{final} contains a {record.get('method')!r} baseline, not {method!r}; train {method} into another "
+            "folder"
         )
 
+    # The intensity scales come from the cache's training subjects, so equal scales tell a moved
+    # cache from one with another split or other data.
     card_path = final.parent / CARD_NAME
     card = read_json(card_path) if card_path.is_file() else {}
-    for key in ("pair", "profile"):
+    for key, difference in (("pair", "pair"), ("profile", "profile"), ("intensity", "training data (intensity scales)")):
         if isinstance(card, dict) and key in card and card[key] != cache.manifest[key]:
             raise ValueError(
-                f"{final} was trained on a slice cache with {key} {card[key]!r}, but {cache.folder} has "
-                f"{cache.manifest[key]!r}; choose another --out folder for this cache"
+                f"{final} was trained on a slice cache with another {difference} than {cache.folder}; pass the cache it "
+                f"was trained on ({card.get('cache', 'named in ' + str(card_path))}), or train into another folder"
             )
-    if isinstance(card, dict) and "cache" in card and Path(card["cache"]) != Path(cache.folder).resolve():
-        logger.warning(
-            "%s was trained on the slice cache %s; it is kept for %s, which has the same pair and profile",
-            final, card["cache"], cache.folder,
-        )
 
     if method in GAN_METHODS:
         for key, requested in (("network", network.to_dict()), ("train_config", config.to_dict())):
             if record.get(key) != requested:
                 logger.warning(
-                    "%s was trained with %s %s, not the requested %s, and training is skipped because it "
-                    "exists; choose another --out folder to train with the requested settings",
-                    final, key, record.get(key), requested,
+                    "%s was trained with %s %s, not the requested %s. Training is skipped because the model "
+                    "exists; to apply the requested settings, delete %s or train into another folder",
+                    final, key, record.get(key), requested, final.parent,
                 )
 
 
@@ -438,7 +435,7 @@ def read_baseline_card(model_dir: str | Path) -> dict:
     card_path = Path(model_dir) / CARD_NAME
     if not card_path.exists():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med baseline train`")
-    card = read_json(card_path)
+    card = CardChecker(card_path, "symot-med baseline train").read()
     check_baseline_card(card, card_path)
     card["checkpoint"] = resolve_from_folder(card["checkpoint"], model_dir)
     return card

@@ -45,14 +45,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from symot_med.baselines.networks import NetworkConfig
     from symot_med.baselines.training import BaselineTrainConfig
     from symot_med.evaluation.comparison import IDENTITY, Method
-    from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, model_pair, run_comparison
+    from symot_med.evaluation.run import EvaluationSettings, compare_demo, load_method, model_card, run_comparison
     from symot_med.io import check_replaceable_page
 
     if args.fid_images < 4:
         raise ValueError(f"--fid-images must be at least 4, got {args.fid_images}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; choose a folder for comparison.md, .csv, .json and .png")
-    check_replaceable_page(args.out / "comparison.md", "--out", earlier_titles=("# Method comparison",))
+    check_replaceable_page(args.out / "comparison.md", "--out", "evaluate", earlier_titles=("# Method comparison",))
     command = "symot-med " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else "symot-med evaluate"
     settings = EvaluationSettings(fid_images=args.fid_images, inception_weights=args.inception_weights, device=args.device, seed=args.seed)
 
@@ -69,20 +69,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--cache needs at least one --model folder to compare")
     from symot_med.data.slices import SliceCache
 
-    pair = SliceCache.open(args.cache).manifest["pair"]
+    manifest = SliceCache.open(args.cache).manifest
+    pair = manifest["pair"]
     for folder in args.model:
-        trained_on = model_pair(folder)
-        if trained_on != pair:
+        card = model_card(folder)
+        if card["pair"] != pair:
             raise ValueError(
-                f"model {folder} translates the {trained_on} pair, but the slice cache {args.cache} contains the "
+                f"model {folder} translates the {card['pair']} pair, but the slice cache {args.cache} contains the "
                 f"{pair} pair; pass models trained on this cache's pair"
+            )
+        # Intensity scales come from a cache's training subjects, so other scales mean another
+        # split or other data, whose training subjects may be this cache's test subjects.
+        if card["intensity"] != manifest["intensity"]:
+            raise ValueError(
+                f"model {folder} was trained on another slice cache than {args.cache} (its intensity scales differ), "
+                "so its training subjects may be among this cache's test subjects; evaluate it with the cache it was "
+                "trained on"
             )
     methods = [Method(IDENTITY, None)] + [load_method(folder, args.device) for folder in args.model]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"two --model folders hold the same method ({names}); compare one model per method")
     work_dir = args.work_dir if args.work_dir is not None else args.out / "work"
-    for option, folder in (("--work-dir", work_dir), ("--out", args.out)):
+    for option, folder in (("--out", args.out), ("--work-dir", work_dir)):
         if folder.resolve() == args.cache.resolve() or args.cache.resolve() in folder.resolve().parents:
             raise ValueError(f"{option} {folder} lies inside the slice cache {args.cache}; choose a folder outside it")
     run_comparison({pair: (args.cache, methods)}, work_dir, args.out, settings, command, progress=not args.quiet)

@@ -53,7 +53,7 @@ def run_latent_study_command(args: argparse.Namespace) -> int:
     from symot_med.training.autoencoder import AETrainConfig
     from symot_med.training.flow import FlowTrainConfig
 
-    check_replaceable_page(args.page, "--page")
+    check_replaceable_page(args.page, "--page", "latent-study")
     autoencoder = AETrainConfig() if args.ae_epochs is None else replace(AETrainConfig(), epochs=args.ae_epochs)
     flow = FlowTrainConfig() if args.flow_epochs is None else replace(FlowTrainConfig(), epochs=args.flow_epochs)
     device = str(resolve_device(args.device))

@@ -345,13 +345,14 @@ def check_resampled_size(path: Path, image: nib.spatialimages.SpatialImage, prof
     column norms of the affine, in mm) over the profile's spacing, before any memory is taken.
     """
     shape = np.asarray(image.shape[:3], dtype=float)
-    linear = np.asarray(image.affine, dtype=float)[:3, :3]
+    affine = np.asarray(image.affine, dtype=float)
+    linear = affine[:3, :3]
     voxel_mm = np.linalg.norm(linear, axis=0)
-    if not np.isfinite(linear).all() or np.linalg.matrix_rank(linear) < 3:
+    if not np.isfinite(affine[:3]).all() or np.linalg.matrix_rank(linear) < 3:
         raise ValueError(
-            f"{path}: the affine in the header is degenerate (voxel axes of {_dims(voxel_mm)} mm, rotation and "
-            "scaling part not invertible), so the voxels have no position in space. Fix the sform or qform (and "
-            "pixdim) in the file's header."
+            f"{path}: the affine in the header is degenerate (NaN or infinite entries, or a rotation and scaling "
+            f"part that is not invertible; voxel axes of {_dims(voxel_mm)} mm), so the voxels have no position in "
+            "space. Fix the sform or qform (and pixdim) in the file's header."
         )
     resampled = np.ceil(shape * voxel_mm / np.asarray(profile.spacing, dtype=float))
     if np.prod(resampled) > MAX_RESAMPLED_VOXELS:

@@ -26,7 +26,7 @@ from symot_med.evaluation.comparison import IDENTITY, FeatureCache, Method, eval
 from symot_med.evaluation.fid import INCEPTION_SHA1, InceptionFeatures, resolve_inception_weights
 from symot_med.evaluation.figures import ComparisonRow, comparison_figure
 from symot_med.evaluation.report import METHOD_LABELS, direction_label, comparison_csv, pair_table, slice_ssim_table, write_text
-from symot_med.inference.translate import MODEL_FILE, Translator, card_autoencoders, read_model_card
+from symot_med.inference.translate import MODEL_FILE, Translator, card_autoencoders, model_card_path, read_model_card
 from symot_med.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -96,19 +96,23 @@ def baseline_method(model_dir: Path, device: str) -> Method:
     return Method(card["method"], BaselineTranslator(model_dir, device=device), budget)
 
 
-def model_pair(model_dir: Path) -> str:
-    """Return the pair name (``t1t2`` or ``ctmr``) on the card of a SyMOT-Flow or baseline model folder."""
-    model_dir = Path(model_dir)
-    if (model_dir / MODEL_FILE).is_file():
-        return read_model_card(model_dir)["pair"]
-    return read_baseline_card(model_dir)["pair"]
+def is_symot_model(model_dir: Path) -> bool:
+    """Return whether ``model_dir`` (a model folder or its card file) holds a SyMOT-Flow ``model.json``,
+    not a baseline's ``baseline.json``."""
+    return model_card_path(model_dir).exists()
+
+
+def model_card(model_dir: Path) -> dict:
+    """Return the checked card of a SyMOT-Flow or baseline model folder."""
+    if is_symot_model(model_dir):
+        return read_model_card(model_dir)
+    return read_baseline_card(model_dir)
 
 
 def load_method(model_dir: Path, device: str) -> Method:
     """SyMOT-Flow or baseline method from a model folder, chosen by its card file."""
-    model_dir = Path(model_dir)
-    if (model_dir / MODEL_FILE).is_file():
-        return symot_method(model_dir, device)
+    if is_symot_model(model_dir):
+        return symot_method(model_card_path(model_dir).parent, device)
     return baseline_method(model_dir, device)
 
 

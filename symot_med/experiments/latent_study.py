@@ -63,17 +63,32 @@ LAYOUT_VARIANTS = {"shared": "shared, quantized, snap", "separate": "separate, q
 
 
 def _check_reused(path: Path, expected: dict[str, dict], fix: str) -> None:
-    """Raise ValueError naming ``path`` and the ``fix`` unless its checkpoint was trained with ``expected`` configs."""
+    """Raise ValueError naming ``path``, the settings that differ and the ``fix`` unless its
+    checkpoint was trained with the ``expected`` configs."""
     record = load_checkpoint(path)
     for key, values in expected.items():
-        if record.get(key) != values:
-            raise ValueError(f"{path} was trained with {key} {record.get(key)}, not the study's {values}; {fix}")
+        trained = record.get(key)
+        if trained == values:
+            continue
+        if isinstance(trained, dict):
+            names = sorted(name for name in set(trained) | set(values) if trained.get(name) != values.get(name))
+            differences = ", ".join(f"{key}.{name} {trained.get(name)!r}" for name in names)
+            wanted = ", ".join(f"{values.get(name)!r}" for name in names)
+            raise ValueError(f"{path} was trained with {differences}, where this study needs {wanted}; {fix}")
+        raise ValueError(f"{path} was trained with {key} {trained!r}, not the study's {values!r}; {fix}")
 
 
 # Fixes named in the error when a model of the study's own work folder, or of a reused demo
-# folder, was trained with other settings.
-OWN_MODEL_FIX = "rerun with the epochs it was trained with, or with another --work folder so that the study trains anew"
-DEMO_MODEL_FIX = "rerun with the demo's epochs, or pass its caches with --cache so that the study trains its own models"
+# folder, was trained with other settings. Per-modality autoencoders train twice the
+# --ae-epochs, so the advice names the options, not the numbers.
+OWN_MODEL_FIX = (
+    "rerun with the --ae-epochs and --flow-epochs of the earlier run into this --work folder, or with another "
+    "--work folder so that the study trains anew"
+)
+DEMO_MODEL_FIX = (
+    "rerun with the --ae-epochs and --flow-epochs that the demo ran with (none for its defaults), or pass the "
+    "demo's caches with --cache so that the study trains its own models"
+)
 
 
 def _train_autoencoder(slices: np.ndarray, out_dir: Path, config: AETrainConfig, model: VQVAE2Config, device: str, progress: bool) -> VQVAE2:

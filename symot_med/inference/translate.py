@@ -34,7 +34,7 @@ from symot_med.data.transforms import (
     to_native,
 )
 from symot_med.device import resolve_device
-from symot_med.io import read_json, relative_to_folder, resolve_from_folder, save_nifti, write_json
+from symot_med.io import relative_to_folder, resolve_from_folder, save_nifti, write_json
 from symot_med.training.autoencoder import load_autoencoder
 from symot_med.training.checkpoints import load_checkpoint
 from symot_med.training.flow import load_flow
@@ -150,7 +150,7 @@ def read_model_card(model_dir: str | Path) -> dict:
     model_dir = card_path.parent
     if not card_path.exists():
         raise FileNotFoundError(f"{card_path} not found; pass the folder written by `symot-med train-flow`")
-    card = read_json(card_path)
+    card = CardChecker(card_path, "symot-med train-flow").read()
     check_model_card(card, card_path)
 
     # Cards store checkpoint paths relative to the model folder, so they are made absolute here.

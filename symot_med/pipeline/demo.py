@@ -295,7 +295,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings, progress: bool = True,
     # Check the device before settings.json is written, so a typo in it does not block a rerun.
     resolve_device(settings.device)
     check_settings_match(out_dir, settings)
-    check_replaceable_page(out_dir / "summary.md", "--out", earlier_titles=("# Demo results",))
+    check_replaceable_page(out_dir / "summary.md", "--out", "demo", earlier_titles=("# Demo results",))
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info("demo settings: %s", settings.to_dict())
     write_json(out_dir / "settings.json", settings.to_dict())
