@@ -33,21 +33,20 @@ class CardChecker:
         self.card_path = card_path
         self.command = command
 
+    def fix(self) -> str:
+        """Return the sentence of every card error that explains how to repair the card."""
+        return f"Restore the file written by `{self.command}`, or rerun that command into a new folder."
+
     def read(self) -> object:
         """Return the card's JSON content, raising ValueError with the fix when it is not JSON."""
         try:
             return read_json(self.card_path)
         except ValueError as error:
-            raise ValueError(
-                f"{error}. Restore the file written by `{self.command}`, or rerun that command into a new folder."
-            ) from None
+            raise ValueError(f"{error}. {self.fix()}") from None
 
     def invalid(self, problem: str) -> NoReturn:
         """Raise ValueError with ``problem`` and the fix."""
-        raise ValueError(
-            f"{self.card_path}: {problem}. Restore the file written by `{self.command}`, or rerun that "
-            "command into a new folder."
-        )
+        raise ValueError(f"{self.card_path}: {problem}. {self.fix()}")
 
     def expect(self, key: str, kind: type | tuple[type, ...], where: dict, label: str) -> None:
         """Raise unless ``where[key]`` exists and has the JSON type ``kind``; ``label`` names it."""

@@ -97,7 +97,7 @@ def baseline_method(model_dir: Path, device: str) -> Method:
 
 
 def is_symot_model(model_dir: Path) -> bool:
-    """Return whether ``model_dir`` (a model folder or its card file) holds a SyMOT-Flow ``model.json``,
+    """Return whether ``model_dir`` (a model folder or its card file) contains a SyMOT-Flow ``model.json``,
     not a baseline's ``baseline.json``."""
     return model_card_path(model_dir).exists()
 

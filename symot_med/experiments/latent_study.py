@@ -73,8 +73,8 @@ def _check_reused(path: Path, expected: dict[str, dict], fix: str) -> None:
         if isinstance(trained, dict):
             names = sorted(name for name in set(trained) | set(values) if trained.get(name) != values.get(name))
             differences = ", ".join(f"{key}.{name} {trained.get(name)!r}" for name in names)
-            wanted = ", ".join(f"{values.get(name)!r}" for name in names)
-            raise ValueError(f"{path} was trained with {differences}, where this study needs {wanted}; {fix}")
+            expected_values = ", ".join(f"{values.get(name)!r}" for name in names)
+            raise ValueError(f"{path} was trained with {differences}, where this study needs {expected_values}; {fix}")
         raise ValueError(f"{path} was trained with {key} {trained!r}, not the study's {values!r}; {fix}")
 
 
